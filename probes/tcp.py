@@ -1,0 +1,52 @@
+"""TCP probe: connect time to host:port over a line, and optionally the banner the server greets with.
+
+Doc: docs/probes/tcp.md. Needs no privileges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ProbeContext, TargetConfig
+from .measurement import Measurement
+from .netio import classify, open_tcp
+
+NAME = "tcp"
+
+
+class Config(TargetConfig):
+    """A TCP target: `host`, `port`, and optionally `expect_banner` (a regex the greeting must match)."""
+
+    probe: Literal["tcp"] = "tcp"
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    expect_banner: str | None = None
+    send: str | None = None  # written after connecting (e.g. "QUIT\r\n"), before reading the banner
+
+
+async def probe(config: Config, ctx: ProbeContext) -> Measurement:
+    """Connect to host:port; read and check the banner when one is expected."""
+    try:
+        conn = await open_tcp(ctx, config.host, config.port)
+    except Exception as exc:  # noqa: BLE001 - every failure is data
+        return ctx.failure(*classify(exc))
+    fields = {"dns_ms": conn.dns_ms, "connect_ms": conn.connect_ms}
+    try:
+        if config.send:
+            conn.writer.write(config.send.encode())
+        if config.expect_banner is not None:
+            async with asyncio.timeout(ctx.remaining()):
+                line = await conn.reader.readline()
+            fields["ttfb_ms"] = ctx.elapsed_ms()
+            banner = line.decode("utf-8", "replace").strip()
+            if not re.search(config.expect_banner, banner):
+                return ctx.failure("banner_mismatch", f"banner {banner[:120]!r} does not match {config.expect_banner!r}", fields)
+    except Exception as exc:  # noqa: BLE001
+        return ctx.failure(*classify(exc), fields)
+    finally:
+        await conn.close()
+    return ctx.success(fields)
