@@ -86,11 +86,13 @@ async def exchange(
     servers: Iterable[str],
     port: int = 53,
     deadline: float | None = None,
+    sent: list[str] | None = None,
 ) -> tuple[dns.message.Message, str]:
     """Send `query` over UDP (TCP if truncated), retransmitting until an answer or the deadline.
 
     Retries rotate through `servers`. Returns (response, server that answered). Raises TimeoutError,
     ConnectionRefusedError (ICMP port unreachable on every server), or OSError.
+    `sent`, when given, gets the server of every datagram sent (its length minus one is the retransmissions).
     """
     from .netio import line_socket  # netio imports this module
 
@@ -119,6 +121,8 @@ async def exchange(
             sock.connect((server, port))
             sockets[server] = sock
             loop.add_reader(sock.fileno(), on_readable, server, sock)
+        if sent is not None:
+            sent.append(server)
         try:
             sock.send(wire)
         except OSError as exc:
@@ -211,11 +215,12 @@ async def resolve(ctx: ProbeContext, host: str, families: tuple[int, ...]) -> tu
         if pending:
             answered = any(not t.exception() and t.result() for t in done)
             await asyncio.wait(pending, timeout=RESOLUTION_DELAY_S if answered else None)
+        dns_ms = (time.perf_counter() - started) * 1000.0
     finally:
-        for task in tasks.values():
-            if not task.done():
-                task.cancel()
-    dns_ms = (time.perf_counter() - started) * 1000.0
+        late = [task for task in tasks.values() if not task.done()]
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
     addresses: list[str] = []
     failures: list[BaseException] = []
     for rdtype in rdtypes:
