@@ -1,16 +1,18 @@
 """Impair one direction of a lab link (delay, jitter, loss, rate cap) and cut or restore a link.
 
-Directions: "up" is from the commune towards the province (egress of the commune-side end of the link),
-"down" the reverse (egress of the province-side end).
+Directions: "up" is from the commune towards the province, "down" the reverse.
 
-- Delay/jitter/loss: a mangle POSTROUTING ``-j NFQUEUE`` rule on the egress interface, in that end's
-  namespace, and ``lab.nfq_holder`` bound to the queue (see its docstring for jitter distributions and the
-  ground-truth stats). The rule has NO ``--queue-bypass``: with bypass, packets arriving while the holder is
-  not bound would pass unimpaired and uncounted, so measured loss would not match the recorded loss. The
-  holder is bound before the rule is added and the rule is removed before the holder stops, so no packet
-  meets an unbound queue in normal operation; if the holder dies, the link goes dark (loud, not silently
-  unimpaired).
-- Rate: a tbf qdisc at the root of the egress interface (after netfilter, so it stacks with the delay).
+- Delay/jitter/loss: a raw PREROUTING ``-j NFQUEUE`` rule on the interface where the direction's packets
+  ARRIVE (the far end of the link, in that end's namespace), and ``lab.nfq_holder`` bound to the queue (see
+  its docstring for jitter distributions and the ground-truth stats). Why the far end's raw PREROUTING: it
+  runs before conntrack. Queueing on the sender's POSTROUTING holds packets whose conntrack entry is not yet
+  confirmed; the 2nd and 3rd echo of a new ping flow then clash with the 1st on confirmation and the kernel
+  drops them (measured: 2 of 300 lost that the holder had accepted). The rule has NO ``--queue-bypass``:
+  with bypass, packets arriving while the holder is not bound would pass unimpaired and uncounted, so measured
+  loss would not match the recorded loss. The holder is bound before the rule is added and the rule is
+  removed before the holder stops, so no packet meets an unbound queue in normal operation; if the holder
+  dies, the link goes dark (loud, not silently unimpaired).
+- Rate: a tbf qdisc at the root of the sender's egress interface (the bottleneck, then the delay).
 - Cut: iptables DROP of everything in and out of the link's interface at both ends. The links stay up,
   like a fiber cut behind the modem: no carrier change, routes stay, packets vanish, peers time out.
   (``topology.set_wan_link`` is the other failure mode: carrier loss on the router's WAN port.)
@@ -49,21 +51,23 @@ CUT_COMMENT = "cm-cut"
 HOLDER_START_TIMEOUT_S = 5.0
 
 
-def link_end(link: str, direction: str) -> tuple[str, str]:
-    """Return (role, interface) whose egress carries ``link`` in ``direction``."""
+def link_end(link: str, direction: str, *, receiving: bool = False) -> tuple[str, str]:
+    """Return (role, interface) sending ``link``'s ``direction`` (or receiving it, with ``receiving``)."""
     if link not in LINK_ENDS:
         raise ValueError(f"unknown link {link!r}; links are {', '.join(LINK_ENDS)}")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
-    return LINK_ENDS[link][0 if direction == "up" else 1]
+    sender = 0 if direction == "up" else 1
+    return LINK_ENDS[link][1 - sender if receiving else sender]
 
 
 def _iptables(ns: str, *args: str) -> None:
     run(["iptables", "-w", *args], ns=ns)
 
 
-def _iptables_has(ns: str, *rule: str) -> bool:
-    proc = subprocess.run(["ip", "netns", "exec", ns, "iptables", "-w", "-C", *rule], capture_output=True)
+def _iptables_has(ns: str, table: str, *rule: str) -> bool:
+    proc = subprocess.run(["ip", "netns", "exec", ns, "iptables", "-w", "-t", table, "-C", *rule],
+                          capture_output=True)
     return proc.returncode == 0
 
 
@@ -80,8 +84,9 @@ class Impairment:
                  rate_kbit: int | None = None, seed: int | None = None, use_holder: bool | None = None):
         self.lab = lab
         self.link, self.direction = link, direction
-        self.role, self.iface = link_end(link, direction)
-        self.ns = lab.ns(self.role)
+        self.role, self.iface = link_end(link, direction)  # tbf on the sender's egress
+        self.rx_role, self.rx_iface = link_end(link, direction, receiving=True)  # NFQUEUE where packets arrive
+        self.ns, self.rx_ns = lab.ns(self.role), lab.ns(self.rx_role)
         self.queue_num = queue_num
         self.delay_ms, self.jitter_ms, self.jitter_dist = delay_ms, jitter_ms, jitter_dist
         self.loss_pct, self.rate_kbit, self.seed = loss_pct, rate_kbit, seed
@@ -96,7 +101,7 @@ class Impairment:
 
     @property
     def _queue_rule(self) -> list[str]:
-        return ["POSTROUTING", "-o", self.iface, "-m", "comment", "--comment", f"cm-impair-q{self.queue_num}",
+        return ["PREROUTING", "-i", self.rx_iface, "-m", "comment", "--comment", f"cm-impair-q{self.queue_num}",
                 "-j", "NFQUEUE", "--queue-num", str(self.queue_num)]
 
     def start(self) -> Impairment:
@@ -104,7 +109,7 @@ class Impairment:
         try:
             if self.use_holder:
                 self._start_holder()
-                _iptables(self.ns, "-t", "mangle", "-A", *self._queue_rule)
+                _iptables(self.rx_ns, "-t", "raw", "-A", *self._queue_rule)
             if self.rate_kbit:
                 run(["tc", "qdisc", "replace", "dev", self.iface, "root", "tbf", "rate",
                      f"{int(self.rate_kbit)}kbit", "burst", str(_tbf_burst_bytes(int(self.rate_kbit))),
@@ -127,7 +132,7 @@ class Impairment:
                                                                        os.environ.get("PYTHONPATH")])))
         self.stats_path.unlink(missing_ok=True)
         with open(self.log_path, "wb") as log_file:
-            self.holder = self.lab.popen(self.role, argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            self.holder = self.lab.popen(self.rx_role, argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + HOLDER_START_TIMEOUT_S
         while not self.stats_path.exists():
             if self.holder.poll() is not None or time.monotonic() > deadline:
@@ -163,8 +168,8 @@ class Impairment:
             subprocess.run(["ip", "netns", "exec", self.ns, "tc", "qdisc", "del", "dev", self.iface, "root"],
                            capture_output=True)
         if self.use_holder:
-            if _iptables_has(self.ns, "-t", "mangle", *self._queue_rule):
-                _iptables(self.ns, "-t", "mangle", "-D", *self._queue_rule)
+            if _iptables_has(self.rx_ns, "raw", *self._queue_rule):
+                _iptables(self.rx_ns, "-t", "raw", "-D", *self._queue_rule)
             if self.holder is not None and self.holder.poll() is None:
                 self.holder.terminate()
                 try:
@@ -183,26 +188,27 @@ class Impairment:
 
 
 def _cut_rules(iface: str) -> list[list[str]]:
-    # Inserted first in mangle so they act before any NFQUEUE rule (a cut line is not "delayed").
+    # Inserted first: raw PREROUTING acts before any NFQUEUE rule, so a cut line feeds no holder.
     tag = ["-m", "comment", "--comment", CUT_COMMENT, "-j", "DROP"]
-    return [["PREROUTING", "-i", iface, *tag], ["POSTROUTING", "-o", iface, *tag]]
+    return [["raw", "PREROUTING", "-i", iface, *tag], ["mangle", "POSTROUTING", "-o", iface, *tag]]
+
+
+def _cut_rule_specs(lab: Lab, link: str):
+    for direction in DIRECTIONS:
+        role, iface = link_end(link, direction)
+        for table, chain, *rest in _cut_rules(iface):
+            yield lab.ns(role), table, chain, rest
 
 
 def cut(lab: Lab, link: str) -> None:
     """Silently drop everything on ``link`` at both ends (idempotent)."""
-    for direction in DIRECTIONS:
-        role, iface = link_end(link, direction)
-        ns = lab.ns(role)
-        for rule in _cut_rules(iface):
-            if not _iptables_has(ns, "-t", "mangle", *rule):
-                _iptables(ns, "-t", "mangle", "-I", rule[0], "1", *rule[1:])
+    for ns, table, chain, rest in _cut_rule_specs(lab, link):
+        if not _iptables_has(ns, table, chain, *rest):
+            _iptables(ns, "-t", table, "-I", chain, "1", *rest)
 
 
 def restore(lab: Lab, link: str) -> None:
     """Undo ``cut(link)`` (idempotent)."""
-    for direction in DIRECTIONS:
-        role, iface = link_end(link, direction)
-        ns = lab.ns(role)
-        for rule in _cut_rules(iface):
-            while _iptables_has(ns, "-t", "mangle", *rule):
-                _iptables(ns, "-t", "mangle", "-D", *rule)
+    for ns, table, chain, rest in _cut_rule_specs(lab, link):
+        while _iptables_has(ns, table, chain, *rest):
+            _iptables(ns, "-t", table, "-D", chain, *rest)
