@@ -28,7 +28,8 @@ USERNAME, PASSWORD = "vanthu", "matkhau"
 MAIL_OWNER = "mail"
 
 
-def prepare(workdir: Path, listen: str, cert: Path, key: Path, imap_port: int = 143, imaps_port: int = 993) -> list[str]:
+def prepare(workdir: Path, listen: str, cert: Path, key: Path,
+            imap_port: int = 143, imaps_port: int = 993) -> list[str]:
     """Write dovecot's config, users and directories under `workdir`; return the command to run it."""
     workdir = Path(workdir).resolve()
     base_dir, state_dir, mail_root = workdir / "run", workdir / "state", workdir / "mail"

@@ -126,6 +126,10 @@ class ServerProcess:
         """Start the process without waiting; `wait_ready()` finishes the job."""
         if self.alive:
             return
+        # Something else answering already would make the readiness wait succeed for the wrong server.
+        taken = [c for c in self.checks if run_in_netns(self.netns, c.ok)]
+        if taken:
+            raise ServerStartError(f"{self.name}: {taken} already answer: another server holds the address")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             env = None if self.env is None else {**os.environ, **self.env}
@@ -147,6 +151,11 @@ class ServerProcess:
                                        f"{self.log_tail()}")
             if pending:
                 time.sleep(0.05)
+
+    def request_stop(self) -> None:
+        """Send SIGTERM without waiting (lets a caller stop many servers in parallel before `stop()`)."""
+        if self._proc is not None:
+            self._signal_group(self._proc.pid, signal.SIGTERM)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM the process group, SIGKILL what is left after `timeout`, and reap the process."""

@@ -95,7 +95,7 @@ class Province:
         if missing:
             raise ValueError(f"addresses lacks roles {missing}: give an IP for each of {ROLES}")
         self.workdir = Path(workdir)
-        self.addresses = dict(addresses)
+        self.addresses = {role: addresses[role] for role in ROLES}  # other entries (e.g. "internet") are not ours
         self.netns = netns
         self.domain = domain
         self.extra_records = dict(extra_records or {})
@@ -136,6 +136,8 @@ class Province:
 
     def stop_all(self) -> None:
         """Stop every server; safe to call more than once."""
+        for server in self.servers.values():
+            server.request_stop()
         for server in self.servers.values():
             try:
                 server.stop()
@@ -245,5 +247,6 @@ class Province:
 def start_province(lab, addresses: dict[str, str] | None = None) -> Province:
     """Start the province servers in the lab's data-center namespace (`lab.workdir`, `lab.ns("dc")`)."""
     if addresses is None:
-        addresses = importlib.import_module("lab.addresses").DC_ROLES  # the topology's constants
+        constants = importlib.import_module("lab.addresses")  # the topology's constants
+        addresses = getattr(constants, "DC_ROLES", None) or constants.DC_ADDRS
     return Province(Path(lab.workdir) / "province", addresses, netns=lab.ns("dc")).start()

@@ -12,6 +12,7 @@ import re
 import shutil
 import smtplib
 import socket
+import subprocess
 import ssl
 import sys
 import time
@@ -20,13 +21,14 @@ from email.message import EmailMessage
 
 import aiohttp
 import dns.asyncresolver
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
 from aiohttp.abc import AbstractResolver
 
-from lab.servers import Check, Province, ServerProcess
+from lab.servers import Check, Province, ServerProcess, ServerStartError, run_in_netns
 from lab.servers.web import IOFFICE_TITLE, IOFFICE_WELCOME, MAINTENANCE
 
 ADDRESSES = {"ioffice": "127.0.0.10", "dvc": "127.0.0.11", "mail": "127.0.0.25", "dns": "127.0.0.53"}
@@ -306,3 +308,40 @@ def test_stop_one_web_server(province):
     finally:
         province.start("ioffice")
     assert province.info["servers"]["ioffice"]["alive"]
+
+
+def test_server_process_in_a_network_namespace(tmp_path):
+    netns = f"cmtest-servers-{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", netns], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    try:
+        subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+        port = free_port("127.0.0.1")
+        server = ServerProcess("web-ns", [sys.executable, "-m", "lab.servers.web", "--app", "dvc", "--listen",
+                                          f"127.0.0.1:{port}"], [Check("tcp", "127.0.0.1", port)],
+                               tmp_path / "web-ns.log", netns=netns)
+        try:
+            server.start()  # the readiness check itself runs inside the namespace
+            assert run_in_netns(netns, lambda: not refused("127.0.0.1", port))
+            assert refused("127.0.0.1", port)  # nothing listens there in the root namespace
+        finally:
+            server.stop()
+        assert not server.alive
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=True)
+
+
+def test_server_process_that_exits_reports_its_log(tmp_path):
+    port = free_port("127.0.0.1")
+    server = ServerProcess("broken", [sys.executable, "-c", "print('cannot bind'); raise SystemExit(3)"],
+                           [Check("tcp", "127.0.0.1", port)], tmp_path / "broken.log")
+    with pytest.raises(ServerStartError, match="(?s)exited with 3.*cannot bind"):
+        server.start()
+    server.stop()
+    assert not server.alive
+
+
+def test_province_refuses_addresses_already_served(province, tmp_path):
+    with pytest.raises(ServerStartError, match="already answer"):
+        Province(tmp_path, ADDRESSES).start()
+    assert all(s.alive for s in province.servers.values())
