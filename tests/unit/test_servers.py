@@ -28,28 +28,12 @@ import dns.rcode
 import pytest
 from aiohttp.abc import AbstractResolver
 
+from lab.loopback import PROVINCE_ADDRESSES, province_skip_reason
 from lab.servers import Check, Province, ServerProcess, ServerStartError, run_in_netns
 from lab.servers.web import IOFFICE_TITLE, IOFFICE_WELCOME, MAINTENANCE
 
-ADDRESSES = {"ioffice": "127.0.0.10", "dvc": "127.0.0.11", "mail": "127.0.0.25", "dns": "127.0.0.53"}
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: the province servers listen on ports below 1024"
-    for tool in ("dovecot", "dnsmasq"):
-        if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
-            return f"{tool} is not installed (apt-get install dovecot-imapd dnsmasq-base)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
-
-
-@pytest.fixture(scope="session")
-def province(tmp_path_factory):
-    with Province(tmp_path_factory.mktemp("province"), ADDRESSES) as started:
-        yield started
+ADDRESSES = PROVINCE_ADDRESSES
+pytestmark = pytest.mark.skipif(province_skip_reason() is not None, reason=province_skip_reason() or "")
 
 
 def tls_context(cafile) -> ssl.SSLContext:
