@@ -9,7 +9,9 @@ network namespaces, for tests, benchmarks and demos.
         lab.cut("wan1"); lab.restore("wan1")
 
 ``Lab.up()`` builds the network (``lab.topology``) and then, when the package ``lab.servers`` exists, calls
-``lab.servers.start_province(lab)`` to start the province services. ``Lab.down()`` is idempotent and also runs
+``lab.servers.start_province(lab)`` to start the province services; what it returns is kept as
+``lab.province`` and, if it is a context manager, exited by ``down()`` (the namespace processes are killed
+anyway). ``Lab.down()`` is idempotent and also runs
 at interpreter exit and on SIGTERM/SIGHUP; labs left by a killed process are removed by ``sweep()`` (also run
 by ``up()`` for labs whose owner is gone). Needs root.
 """
@@ -59,6 +61,7 @@ class Lab:
         self._procs: list[subprocess.Popen] = []
         self._impairments: list[Impairment] = []
         self._next_queue = 1
+        self.province: Any = None  # whatever lab.servers.start_province returned
 
     # --- life cycle -------------------------------------------------------------------------------------------
 
@@ -90,13 +93,19 @@ class Lab:
                 raise
             log.info("lab.servers not available: no province servers")
             return
-        servers.start_province(self)
+        self.province = servers.start_province(self)
 
     def down(self) -> None:
         """Stop everything this lab started and remove its namespaces; idempotent."""
         if not self.is_up:
             return
         self.is_up = False
+        if hasattr(self.province, "__exit__"):
+            try:
+                self.province.__exit__(None, None, None)
+            except Exception:
+                log.exception("stopping the province servers")
+            self.province = None
         for imp in list(self._impairments):
             try:
                 imp.clear()

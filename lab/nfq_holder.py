@@ -13,7 +13,8 @@ reorders packets, as netem does. One thread, no blocking: ``select`` on the queu
 wakeup pipe, with the timeout set to the next due packet.
 
 Ground truth in the stats JSON: packets seen/dropped/accepted, the measured hold (callback to verdict) of
-every accepted packet (mean/median/min/max), kernel-side queue drops, and for ICMP echo packets a list of
+every accepted packet (mean/median/min/max), how late releases were against their due time
+(``late_ms``: scheduling slack of this machine), kernel-side queue drops, and for ICMP echo packets a list of
 ``[icmp_id, seq, icmp_type, hold_ms or null, dropped]``. Stats are written when bound (``ready``), every
 ``--stats-interval`` seconds without the per-packet parts, in full on SIGUSR1 (``generation`` increases)
 and at exit. SIGTERM/SIGINT: keep releasing held packets until none is left (the caller removes the iptables
@@ -82,6 +83,7 @@ class Holder:
         self.order = 0
         self.seen = self.dropped = self.accepted = 0
         self.holds_ms = array("d")
+        self.late_ms_sum = self.late_ms_max = 0.0  # release after the due time: scheduling slack on this box
         self.icmp: list[list] = []
         self.generation = 0
         self.started = time.time()
@@ -130,7 +132,10 @@ class Holder:
     def release_due(self) -> None:
         now = time.perf_counter()
         while self.heap and self.heap[0][0] <= now:
-            _, _, pkt, arrival, icmp_index = heapq.heappop(self.heap)
+            due, _, pkt, arrival, icmp_index = heapq.heappop(self.heap)
+            late_ms = (now - due) * 1000.0
+            self.late_ms_sum += late_ms
+            self.late_ms_max = max(self.late_ms_max, late_ms)
             self.release(pkt, arrival, icmp_index)
 
     def next_timeout(self, default_s: float) -> float:
@@ -152,7 +157,9 @@ class Holder:
                        "loss_pct": a.loss_pct, "seed": a.seed},
             "uptime_s": time.time() - self.started,
             "seen": self.seen, "dropped": self.dropped, "accepted": self.accepted, "held_now": len(self.heap),
-            "hold_ms": hold, "kernel": kernel_queue_counters(a.queue),
+            "hold_ms": hold,
+            "late_ms": {"mean": self.late_ms_sum / len(holds) if holds else 0.0, "max": self.late_ms_max},
+            "kernel": kernel_queue_counters(a.queue),
         }
         if full:
             out["icmp"] = self.icmp

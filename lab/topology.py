@@ -170,13 +170,12 @@ def set_wan_link(prefix: str, wan: str, up: bool) -> None:
 # --- destruction ----------------------------------------------------------------------------------------------
 
 def _pid_alive(pid: int) -> bool:
+    """Return whether ``pid`` runs (a zombie, killed but not yet reaped, counts as dead)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def kill_namespace_processes(ns: str, grace_s: float = 2.0) -> None:

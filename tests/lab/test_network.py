@@ -82,7 +82,10 @@ def test_impairer_ground_truth_matches_ping(lab):
     print(f"idle {statistics.fmean(idle.values()):.3f} ms, hold {mean_hold:.3f} ms, "
           f"ping {measured:.3f} ms, dropped {len(dropped)}/{count}")
     assert abs(measured - expected) < 0.5
-    assert 39 < stats["hold_ms"]["mean"] < 41 and 35 <= stats["hold_ms"]["min"] and stats["hold_ms"]["max"] < 46
+    # The holds are ground truth whatever they are; these bounds only say the holder keeps to its schedule
+    # (a loaded 2-CPU box can make single releases a few ms late: late_ms records it).
+    assert 39 < stats["hold_ms"]["median"] < 41 and stats["hold_ms"]["min"] >= 35
+    assert stats["late_ms"]["mean"] < 1.0
     assert stats["kernel"]["queue_dropped"] == 0 and stats["kernel"]["user_dropped"] == 0
 
 
