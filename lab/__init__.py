@@ -6,7 +6,8 @@ network namespaces, for tests, benchmarks and demos.
         imp = lab.impair("wan1", direction="up", delay_ms=40, jitter_ms=5, loss_pct=3, seed=1)
         ...
         imp.stats(); imp.clear()
-        lab.cut("wan1"); lab.restore("wan1")
+        lab.cut("wan1"); lab.restore("wan1")          # dead fiber: silent drops, links stay up
+        lab.set_wan_link("wan2", up=False)             # carrier loss on rtr's WAN port
 
 ``Lab.up()`` builds the network (``lab.topology``) and then, when the package ``lab.servers`` exists, calls
 ``lab.servers.start_province(lab)`` to start the province services; what it returns is kept as

@@ -21,7 +21,6 @@ Directions: "up" is from the commune towards the province, "down" the reverse.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -36,7 +35,6 @@ from lab.topology import LabError, run
 if TYPE_CHECKING:
     from lab import Lab
 
-log = logging.getLogger(__name__)
 
 # link -> ((commune-side role, interface), (province-side role, interface))
 LINK_ENDS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {

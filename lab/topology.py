@@ -135,6 +135,8 @@ def create(prefix: str) -> None:
         *wan_routes("wan1"),
         f"route add {A.LAN_NET} dev {A.RTR_LAN_IF} table {A.BACKUP_TABLE}",
         *wan_routes("wan2"),
+        # Without wan2 (port down), backup traffic must fail, not fall through the rule to wan1's default.
+        f"route add blackhole default metric 4000 table {A.BACKUP_TABLE}",
         f"rule add from {A.PC_BACKUP_ADDR} lookup {A.BACKUP_TABLE} priority 1000",
         f"rule add fwmark {A.BACKUP_FWMARK} lookup {A.BACKUP_TABLE} priority 1001",
     ])

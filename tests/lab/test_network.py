@@ -60,6 +60,16 @@ def test_cut_primary_times_out_while_backup_works(lab):
     assert len(ping_rtts(lab, 3, interval=0.1)) == 3
 
 
+def test_wan_port_down_fails_that_line_only_and_comes_back(lab):
+    lab.set_wan_link("wan2", up=False)
+    try:
+        assert not ping_rtts(lab, 2, src=A.PC_BACKUP_ADDR, interval=0.1, wait_s=1)  # no fall-through to wan1
+        assert len(ping_rtts(lab, 2, interval=0.1)) == 2
+    finally:
+        lab.set_wan_link("wan2", up=True)
+    assert len(ping_rtts(lab, 2, src=A.PC_BACKUP_ADDR, interval=0.1)) == 2
+
+
 def test_impairer_ground_truth_matches_ping(lab):
     count, ident = 300, 4242
     ping_rtts(lab, 20)  # warm ARP and caches
