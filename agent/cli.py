@@ -1,0 +1,159 @@
+"""The `cmon` command: `cmon check-config FILE...`, `cmon probe -c FILE [--target N] [--line L] [--json]`.
+
+Exit status: 0 all good; 1 a probe is down; 2 the config or the command line is wrong. Each subcommand is a
+`cmd_*` function taking the parsed arguments and returning the exit status, so later commands
+(`cmon agent run`, `cmon collector run`, `cmon service install`) add a subparser and a function.
+See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from importlib import metadata
+from typing import Sequence
+
+from .config import AgentConfig, ConfigError, load_config
+from .config_errors import suggest
+from .render import json_lines, table
+from .runner import plan, run_once
+
+EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line mistake the user can fix; the message says how."""
+
+
+def version() -> str:
+    """Return the installed package version."""
+    try:
+        return metadata.version("commune-monitor")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the `cmon` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="cmon", description="Monitor a commune service center's lines and services.")
+    parser.add_argument("--version", action="version", version=f"cmon {version()}")
+    parser.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+        help="how much to log on stderr (default: warning)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser("check-config", help="validate config files and list every error")
+    check.add_argument("files", nargs="+", metavar="FILE", help="agent config YAML files")
+    check.set_defaults(func=cmd_check_config)
+
+    probe = commands.add_parser("probe", help="run every probe once and show the results")
+    probe.add_argument("-c", "--config", required=True, metavar="FILE", help="agent config YAML file")
+    probe.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable)")
+    probe.add_argument("--service", action="append", metavar="NAME", help="only this service's targets (repeatable)")
+    probe.add_argument("--line", metavar="NAME", help="only over this line (e.g. primary, backup)")
+    probe.add_argument("--json", action="store_true", help="one JSON object per measurement per line")
+    probe.set_defaults(func=cmd_probe)
+    return parser
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate each file: print every error (exit 2) or a one-line summary per file (exit 0)."""
+    status = EXIT_OK
+    for file in args.files:
+        try:
+            config = load_config(file)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                print(issue, file=sys.stderr)
+            print(f"{file}: {len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        print(f"{file}: OK — {describe(config)}")
+    return status
+
+
+def describe(config: AgentConfig) -> str:
+    """Return `14 targets in 5 services, 2 lines (primary, backup), agent ha-tinh/dong-loc/quay-01`."""
+    n_targets, n_services, n_lines = len(config.targets), len(config.services), len(config.lines)
+    lines = f"{n_lines} line{'s' if n_lines != 1 else ''} ({', '.join(config.lines)})" if n_lines else "no lines (unpinned)"
+    agent = config.agent
+    return (
+        f"{n_targets} target{'s' if n_targets != 1 else ''} in {n_services} service{'s' if n_services != 1 else ''}, "
+        f"{lines}, agent {agent.province}/{agent.commune}/{agent.id}"
+    )
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Run the selected probes once; print a table or JSON lines; exit 1 if any is down."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(str(i) for i in exc.issues), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        targets = select_targets(config, args.target, args.service)
+        check_line(config, args.line)
+        runs = plan(config, targets=targets, line=args.line)
+        if not runs:
+            raise UsageError(f"nothing to run: the selected targets do not run on line '{args.line}'")
+    except UsageError as exc:
+        print(f"cmon probe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    measurements = asyncio.run(run_once(config, target=targets, line=args.line))
+    if args.json:
+        sys.stdout.write(json_lines(measurements))
+    else:
+        agent = config.agent
+        title = f" — {agent.display_name}" if agent.display_name else ""
+        print(f"Agent {agent.province}/{agent.commune}/{agent.id}{title}\n")
+        sys.stdout.write(table(measurements))
+    return EXIT_OK if all(m.up for m in measurements) else EXIT_DOWN
+
+
+def select_targets(config: AgentConfig, names: list[str] | None, services: list[str] | None) -> set[str] | None:
+    """Return the target names chosen by --target/--service (None: all); UsageError for unknown names."""
+    if not names and not services:
+        return None
+    known = [t.name for t in config.targets]
+    chosen: set[str] = set()
+    for name in names or []:
+        if name not in known:
+            raise UsageError(f"unknown target '{name}'{suggest(name, known)} (valid targets: {', '.join(known)})")
+        chosen.add(name)
+    grouped = config.services
+    for service in services or []:
+        if service not in grouped:
+            raise UsageError(
+                f"unknown service '{service}'{suggest(service, grouped)} (valid services: {', '.join(grouped)})"
+            )
+        chosen.update(t.name for t in grouped[service])
+    return chosen
+
+
+def check_line(config: AgentConfig, line: str | None) -> None:
+    """Raise UsageError when --line names no configured line."""
+    if line is None or line in config.lines:
+        return
+    if not config.lines:
+        raise UsageError(f"--line {line}: {config.path} has no lines: section, so probes run unpinned")
+    names = list(config.lines)
+    raise UsageError(f"unknown line '{line}'{suggest(line, names)} (valid lines: {', '.join(names)})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `cmon`; return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The agent's YAML configuration: who this agent is, its lines, resolvers, defaults and targets by service.
+
+`load_config(path)` returns an `AgentConfig` or raises `ConfigError` carrying EVERY problem found, each with
+`file:line`, the key path and a plain message. Targets are validated by their probe's `Config` (the probes in
+`probes.registry.available()`), after merging `defaults:` into them; an error in a merged value points at the
+`defaults:` line. Keys ending in `_file` are paths relative to the config file's folder and must exist.
+See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping, get_args
+
+from pydantic import BaseModel, Field, ValidationError
+
+from probes import registry
+from probes.base import Line, LineConfig, Slug, StrictModel, TargetConfig
+
+from .config_errors import (
+    ConfigError,
+    ConfigIssue,
+    merge_union_messages,
+    plain_message,
+    suggest,
+    unknown_key,
+    walk_loc,
+)
+from .yaml_marks import LocatedYaml, Path_, YamlSyntaxError, load_yaml
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# TargetConfig keys that `defaults:` may set for every target (identity keys are per target only).
+_NOT_DEFAULTABLE = {"name", "probe", "display_name"}
+
+
+class AgentSection(StrictModel):
+    """Who this agent is: identifiers become tags (ASCII slugs), the display name may carry diacritics."""
+
+    province: Slug
+    commune: Slug
+    id: Slug
+    display_name: str | None = None
+
+
+class _TopLevel(StrictModel):
+    """The file's shape; targets are validated one by one against their probe's Config."""
+
+    agent: AgentSection
+    lines: dict[Slug, LineConfig] = Field(default_factory=dict)
+    resolvers: list[IPAddress] = Field(default_factory=list)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    services: dict[Slug, list[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class BoundTarget:
+    """A validated target with its service and the probe module that runs it."""
+
+    service: str
+    config: TargetConfig
+    module: ModuleType
+
+    @property
+    def name(self) -> str:
+        """The target's unique name."""
+        return self.config.name
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """A validated agent configuration."""
+
+    path: Path
+    agent: AgentSection
+    lines: Mapping[str, LineConfig]
+    resolvers: tuple[str, ...]
+    targets: tuple[BoundTarget, ...]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def services(self) -> dict[str, list[BoundTarget]]:
+        """Targets grouped by service, in file order."""
+        grouped: dict[str, list[BoundTarget]] = {}
+        for target in self.targets:
+            grouped.setdefault(target.service, []).append(target)
+        return grouped
+
+    def line_objects(self) -> dict[str, Line]:
+        """Return the configured lines as probes see them, by name."""
+        return {name: Line(name, cfg) for name, cfg in self.lines.items()}
+
+    def lines_for(self, target: BoundTarget) -> list[Line | None]:
+        """Return the lines a target runs on: its own list, else every line, else one unpinned run (None)."""
+        lines = self.line_objects()
+        if not lines:
+            return [None]
+        return [lines[name] for name in (target.config.lines or lines)]
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate an agent config; raise ConfigError listing every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(file, 1, (), "the file is not UTF-8 text: save it as UTF-8")]) from None
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(file, 1, (), f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        located = load_yaml(text)
+    except YamlSyntaxError as exc:
+        raise ConfigError([ConfigIssue(file, exc.line, (), exc.message)]) from None
+    return _Validator(file, path.resolve().parent, located).run()
+
+
+class _Validator:
+    """Collects every problem of one file, then builds the AgentConfig if there were none."""
+
+    def __init__(self, file: str, base_dir: Path, located: LocatedYaml) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self.located = located
+        self.issues = [ConfigIssue(file, i.line, i.path, i.message) for i in located.issues]
+        self.modules, self.broken = probe_modules()
+
+    def add(self, path: Path_, message: str, *, at: Path_ | None = None) -> None:
+        """Record a problem shown with key path `path`, on the line of `at` (default: `path`)."""
+        self.issues.append(ConfigIssue(self.file, self.located.line_of(at or path), tuple(path), message))
+
+    def run(self) -> AgentConfig:
+        data = self.located.data
+        if not isinstance(data, dict):
+            what = "empty" if data is None else "not a mapping"
+            self.add((), f"the file is {what}: it needs at least the keys agent: and services:")
+            raise ConfigError(self.issues)
+        if "lines" in data:
+            data = {**data, "lines": _none_as_empty(data["lines"])}
+        top = self._validate_model(_TopLevel, data, ())
+        defaults = self._check_defaults(data.get("defaults"))
+        checked = self._check_targets(data.get("services"), defaults)
+        lines = data.get("lines")
+        self._check_cross(lines if isinstance(lines, dict) else {}, checked)
+        if self.issues or top is None:
+            raise ConfigError(self.issues)
+        return AgentConfig(
+            path=Path(self.file),
+            agent=top.agent,
+            lines=dict(top.lines),
+            resolvers=tuple(str(r) for r in top.resolvers),
+            targets=tuple(c.target for c in checked if c.target is not None),
+            defaults=top.defaults,
+        )
+
+    # -- pydantic errors -> issues -----------------------------------------------------------------------
+
+    def _validate_model(
+        self, model: type[BaseModel], data: Any, base: Path_, origin: Mapping[str, Path_] | None = None,
+        skip: set[Path_] = frozenset(),
+    ) -> Any:
+        """Validate `data` at `base`; on failure record each error (mapped to defaults when merged from there)."""
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            by_path: dict[tuple[Path_, Path_], list[str]] = {}
+            for error in exc.errors():
+                loc = walk_loc(data, error["loc"], error["type"])
+                full = (*base, *loc)
+                if origin and loc and loc[0] in origin:
+                    full = (*origin[loc[0]], *loc[1:])
+                if full in skip:
+                    continue  # already reported better (e.g. a missing *_file)
+                message = plain_message(error, _known_keys(model, error["loc"]))
+                # A missing or unknown key is reported on its mapping, at the key's own line when it has one.
+                shown = full[:-1] if error["type"] in ("missing", "extra_forbidden") else full
+                by_path.setdefault((shown, full), []).append(message)
+            for (shown, full), messages in by_path.items():
+                self.add(shown, merge_union_messages(messages), at=full)
+            return None
+
+    # -- defaults ------------------------------------------------------------------------------------------
+
+    def _check_defaults(self, defaults: Any) -> dict[str, Any]:
+        """Check the keys of `defaults:`; return the usable part (unknown keys already reported)."""
+        if not isinstance(defaults, dict):
+            return {}  # absent, or the shape error is reported by _TopLevel
+        general = set(TargetConfig.model_fields) - _NOT_DEFAULTABLE
+        usable: dict[str, Any] = {}
+        for key, value in defaults.items():
+            if key in self.modules:
+                usable[key] = self._check_probe_defaults(key, value)
+            elif key in general:
+                usable[key] = value
+            elif key in registry.PROBE_MODULES:
+                self.add(("defaults", key), self._bad_probe(key))
+            else:
+                self.add(("defaults",), unknown_key(key, general | set(registry.PROBE_MODULES)), at=("defaults", key))
+        return usable
+
+    def _check_probe_defaults(self, probe: str, values: Any) -> dict[str, Any]:
+        if not isinstance(values, dict):
+            self.add(("defaults", probe), f"should be a mapping of {probe} keys to default values")
+            return {}
+        known = _field_keys(self.modules[probe].Config) - _NOT_DEFAULTABLE
+        usable = {}
+        for key, value in values.items():
+            if key in known:
+                usable[key] = value
+            else:
+                self.add(("defaults", probe), unknown_key(key, known), at=("defaults", probe, key))
+        return usable
+
+    # -- targets -------------------------------------------------------------------------------------------
+
+    def _check_targets(self, services: Any, defaults: dict[str, Any]) -> list[_Checked]:
+        """Validate every target; return each with its path, merged keys and (when valid) the bound target."""
+        if not isinstance(services, dict):
+            return []
+        if not services:
+            self.add(("services",), "no services: add at least one service with its targets")
+        targets = []
+        for service, items in services.items():
+            if not isinstance(items, list):
+                continue  # reported by _TopLevel
+            if not items:
+                self.add(("services", service), "this service has no targets")
+            for index, item in enumerate(items):
+                path = ("services", service, index)
+                if isinstance(item, dict):
+                    targets.append(self._check_target(service, item, path, defaults))
+        return targets
+
+    def _check_target(self, service: str, item: dict, path: Path_, defaults: dict) -> _Checked:
+        probe = item.get("probe")
+        if probe not in self.modules:
+            self.add(path, self._bad_probe(probe), at=(*path, "probe"))
+            return _Checked(path, item, None)
+        module = self.modules[probe]
+        merged, origin = _merge_defaults(item, defaults, probe, _field_keys(module.Config))
+        file_errors = self._resolve_files(merged, (), origin, path)
+        config = self._validate_model(module.Config, merged, path, origin, file_errors)
+        if config is None or file_errors:
+            return _Checked(path, merged, None)
+        return _Checked(path, merged, BoundTarget(service, config, module))
+
+    def _bad_probe(self, probe: Any) -> str:
+        available = ", ".join(registry.PROBE_MODULES)
+        if probe is None:
+            return f"missing required key 'probe' (one of: {available})"
+        if probe in self.broken:
+            return f"probe '{probe}' cannot be used here: {self.broken[probe]}"
+        hint = suggest(str(probe), registry.PROBE_MODULES) or f" (available: {available})"
+        return f"unknown probe {probe!r}{hint}"
+
+    def _resolve_files(self, data: dict, at: Path_, origin: Mapping[str, Path_], target: Path_) -> set[Path_]:
+        """Make `*_file` paths absolute (relative to the config's folder); report missing files. Returns their paths."""
+        bad: set[Path_] = set()
+        for key, value in list(data.items()):
+            here = (*at, key)
+            where = (*origin[here[0]], *here[1:]) if here[0] in origin else (*target, *here)
+            if isinstance(value, dict):
+                bad |= self._resolve_files(value, here, origin, target)
+            elif key.endswith("_file") and isinstance(value, str) and value:
+                file = Path(value).expanduser()
+                file = file if file.is_absolute() else self.base_dir / file
+                data[key] = str(file)
+                if not file.is_file():
+                    self.add(where, f"file not found: {file} (a relative path is relative to the config "
+                             "file's folder)")
+                    bad.add(where)
+        return bad
+
+    # -- checks across sections ----------------------------------------------------------------------------
+
+    def _check_cross(self, lines: Mapping[str, Any], checked: list[_Checked]) -> None:
+        """Check what one target cannot: unique names, and `lines:` naming configured lines."""
+        seen: dict[str, Path_] = {}
+        for target in checked:
+            path, name, wanted = target.path, target.merged.get("name"), target.merged.get("lines")
+            first = seen.setdefault(name, path) if isinstance(name, str) else path
+            if first is not path:
+                self.add((*path, "name"), f"target name '{name}' is already used at line "
+                         f"{self.located.line_of(first)}: names must be unique across services")
+            for index, line in enumerate(wanted if isinstance(wanted, list) else []):
+                if isinstance(line, str) and line not in lines:
+                    self.add(self._origin_of_lines(path, index), self._bad_line(line, lines))
+
+    def _origin_of_lines(self, path: Path_, index: int) -> Path_:
+        """Return where a target's `lines` entry was written: the target itself or `defaults:`."""
+        if (*path, "lines") in self.located.lines:
+            return (*path, "lines", index)
+        probe = self.located.data["services"][path[1]][path[2]].get("probe")
+        if ("defaults", probe, "lines") in self.located.lines:
+            return ("defaults", probe, "lines", index)
+        return ("defaults", "lines", index)
+
+    @staticmethod
+    def _bad_line(line: str, lines: Mapping[str, Any]) -> str:
+        if not lines:
+            return f"line '{line}' is not configured: there is no lines: section"
+        hint = suggest(line, lines) or f" (configured lines: {', '.join(lines)})"
+        return f"line '{line}' is not configured{hint}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One target as checked: where it is, its keys with defaults merged, the bound target when valid."""
+
+    path: Path_
+    merged: dict[str, Any]
+    target: BoundTarget | None
+
+
+def probe_modules() -> tuple[dict[str, ModuleType], dict[str, str]]:
+    """Return the probe modules that load, and why each other one does not.
+
+    Like `registry.available()`, but a probe module that fails to import (a bug, a missing dependency) makes
+    only its own targets invalid instead of stopping the whole agent.
+    """
+    modules: dict[str, ModuleType] = {}
+    broken: dict[str, str] = {}
+    for name, module in registry.PROBE_MODULES.items():
+        try:
+            modules[name] = registry.probe_module(name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name == module
+            broken[name] = "not installed" if missing else f"it needs the Python module '{exc.name}'"
+        except Exception as exc:  # noqa: BLE001 - one broken probe must not stop the others
+            log.error("probe module %s failed to load: %s: %s", module, type(exc).__name__, exc)
+            log.debug("traceback of the failed import of %s", module, exc_info=True)
+            broken[name] = f"{module} failed to load ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    return modules, broken
+
+
+def _none_as_empty(lines: Any) -> Any:
+    """Let `backup:` with nothing under it mean a line with no settings."""
+    if isinstance(lines, dict):
+        return {k: ({} if v is None else v) for k, v in lines.items()}
+    return lines
+
+
+def _merge_defaults(
+    item: dict, defaults: dict, probe: str, known: set[str]
+) -> tuple[dict[str, Any], dict[str, Path_]]:
+    """Return the target with defaults merged in (general, then per-probe, then its own keys) and the origins."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, Path_] = {}
+    for key, value in defaults.items():
+        if key in known and key not in registry.PROBE_MODULES:
+            merged[key], origin[key] = value, ("defaults", key)
+    for key, value in defaults.get(probe, {}).items():
+        merged[key], origin[key] = value, ("defaults", probe, key)
+    for key, value in item.items():
+        merged[key] = value
+        origin.pop(key, None)
+    return _deep_copy(merged), origin
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _field_keys(model: type[BaseModel]) -> set[str]:
+    """Return the YAML keys a model accepts (aliases where set)."""
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+def _models_in(annotation: Any) -> set[type[BaseModel]]:
+    """Return the models reachable through Optional/Union/list/dict/Annotated in a field annotation."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {annotation}
+    found: set[type[BaseModel]] = set()
+    for arg in get_args(annotation):
+        found |= _models_in(arg)
+    return found
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> set[str]:
+    """Return the keys valid where an error's `loc` points (for "did you mean")."""
+    models = {model}
+    for part in loc[:-1]:
+        inner: set[type[BaseModel]] = set()
+        for candidate in models:
+            f = candidate.model_fields.get(part) if isinstance(part, str) else None
+            if f is not None:
+                inner |= _models_in(f.annotation)
+        if inner:
+            models = inner  # else: a list index, mapping key or union tag: same models
+    return set().union(*(_field_keys(m) for m in models))
+
+
+__all__ = ["AgentConfig", "AgentSection", "BoundTarget", "ConfigError", "ConfigIssue", "load_config"]

@@ -1,0 +1,231 @@
+"""Tests for agent.config: every bad config gives its exact error lines; good configs load as written."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from agent.config import ConfigError, load_config, probe_modules
+from probes import registry
+from probes.base import TargetConfig
+
+TESTDATA = Path(__file__).parent / "testdata" / "bad-configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+BAD_CONFIGS = sorted(TESTDATA.glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def errors_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return [str(issue) for issue in info.value.issues]
+
+
+@pytest.mark.parametrize("config", BAD_CONFIGS, ids=[p.stem for p in BAD_CONFIGS])
+def test_bad_config_gives_exact_errors(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(TESTDATA)  # errors name the file as given: keep it short and stable
+    expected = config.with_suffix(".expected").read_text(encoding="utf-8").splitlines()
+    assert errors_of(Path(config.name)) == expected
+
+
+def test_every_bad_config_is_paired_with_its_errors() -> None:
+    configs = {p.stem for p in TESTDATA.glob("*.yaml")}
+    expected = {p.stem for p in TESTDATA.glob("*.expected")}
+    assert configs == expected
+    assert len(configs) >= 10
+
+
+def test_error_string_lists_every_issue(tmp_path: Path) -> None:
+    path = write(tmp_path, "agent: {province: x, commune: y, id: Z}\nservices: {a: []}\nbogus: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).splitlines() == [
+        f"{path}:1: agent.id: 'Z' is not a valid identifier: use lowercase ASCII letters, digits, '-', '_' or '.' "
+        "(e.g. dong-loc); put names with diacritics in display_name",
+        f"{path}:2: services.a: this service has no targets",
+        f"{path}:3: unknown key 'bogus' (valid keys: agent, defaults, lines, resolvers, services)",
+    ]
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    assert errors_of(tmp_path / "missing.yaml") == [
+        f"{tmp_path / 'missing.yaml'}:1: cannot read the file: No such file or directory"
+    ]
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("agent: {display_name: Đồng}".encode("utf-16"))
+    assert errors_of(latin) == [f"{latin}:1: the file is not UTF-8 text: save it as UTF-8"]
+
+
+GOOD = """\
+agent: {province: ha-tinh, commune: dong-loc, id: quay-01, display_name: "Trung tâm PVHCC xã Đồng Lộc"}
+lines:
+  primary: {description: "VNPT fiber"}
+  backup: {source: 192.168.1.201, description: "Viettel 4G"}
+  spare:
+resolvers: [192.168.1.1, "2001:db8::53"]
+defaults:
+  timeout: 3s
+  tcp: {port: 443, interval: 1m}
+services:
+  ioffice:
+    - {name: ioffice-https, probe: tcp, host: ioffice.example.gov.vn, display_name: "iOffice (HTTPS)"}
+    - {name: ioffice-alt, probe: tcp, host: ioffice.example.gov.vn, port: 8443, timeout: 500ms, lines: [backup]}
+  email:
+    - &smtp {name: mail-smtp, probe: tcp, host: mail.example.gov.vn, port: 25, expect_banner: "^220"}
+    - {<<: *smtp, name: mail-submission, port: 587}
+"""
+
+
+def test_good_config_loads_with_defaults_merged(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.agent.display_name == "Trung tâm PVHCC xã Đồng Lộc"
+    assert (config.agent.province, config.agent.commune, config.agent.id) == ("ha-tinh", "dong-loc", "quay-01")
+    assert list(config.lines) == ["primary", "backup", "spare"]
+    assert str(config.lines["backup"].source) == "192.168.1.201"
+    assert config.lines["spare"].source is None
+    assert config.resolvers == ("192.168.1.1", "2001:db8::53")
+    by_name = {t.name: t for t in config.targets}
+    assert list(by_name) == ["ioffice-https", "ioffice-alt", "mail-smtp", "mail-submission"]
+    https, alt, smtp, submission = by_name.values()
+    # general default, then per-probe default, then the target's own keys
+    assert (https.config.timeout, https.config.interval, https.config.port) == (3.0, 60.0, 443)
+    assert (alt.config.timeout, alt.config.port) == (0.5, 8443)
+    assert https.config.display_name == "iOffice (HTTPS)"
+    assert (submission.config.port, submission.config.expect_banner) == (587, "^220")
+    assert https.module is registry.probe_module("tcp")
+    assert {s: [t.name for t in ts] for s, ts in config.services.items()} == {
+        "ioffice": ["ioffice-https", "ioffice-alt"],
+        "email": ["mail-smtp", "mail-submission"],
+    }
+    assert [line.name for line in config.lines_for(https)] == ["primary", "backup", "spare"]
+    assert [line.name for line in config.lines_for(alt)] == ["backup"]
+
+
+def test_without_lines_each_target_runs_once_unpinned(tmp_path: Path) -> None:
+    kept = [line for line in GOOD.splitlines() if not line.startswith(("lines:", "  primary:", "  backup:", "  spare:"))]
+    text = "\n".join(kept).replace(", lines: [backup]", "")
+    config = load_config(write(tmp_path, text))
+    assert config.lines == {}
+    assert [config.lines_for(t) for t in config.targets] == [[None]] * 4
+
+
+def test_lines_from_defaults_are_checked_once_at_the_defaults_line(tmp_path: Path) -> None:
+    text = GOOD.replace("  timeout: 3s\n", "  timeout: 3s\n  lines: [primary, bakup]\n")
+    assert errors_of(write(tmp_path, text)) == [
+        f"{tmp_path / 'agent.yaml'}:9: defaults.lines[1]: line 'bakup' is not configured — did you mean 'backup'?"
+    ]
+
+
+def test_per_probe_default_error_names_the_defaults_line_once(tmp_path: Path) -> None:
+    text = GOOD.replace("tcp: {port: 443, interval: 1m}", "tcp: {port: 443, interval: often}")
+    assert errors_of(write(tmp_path, text)) == [
+        f"{tmp_path / 'agent.yaml'}:9: defaults.tcp.interval: 'often' is not a duration: write e.g. 5s, 500ms, 2m"
+    ]
+
+
+class FileProbeConfig(TargetConfig):
+    """A probe config with a file key, standing in for http/tls/smtp (ca_file)."""
+
+    probe: Literal["withfile"] = "withfile"
+    ca_file: str | None = None
+    tls: dict[str, str] = {}
+
+
+@pytest.fixture
+def withfile_probe(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = types.ModuleType("cmon_test_withfile")
+    module.NAME, module.Config = "withfile", FileProbeConfig
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(registry.PROBE_MODULES, "withfile", module.__name__)
+    return module
+
+
+FILE_CONFIG = """\
+agent: {province: ha-tinh, commune: dong-loc, id: quay-01}
+defaults:
+  withfile: {ca_file: pki/missing.pem}
+services:
+  dvc:
+    - {name: dvc-ca, probe: withfile, ca_file: pki/province-ca.pem, tls: {client_cert_file: pki/client.pem}}
+    - {name: dvc-default, probe: withfile}
+"""
+
+
+def test_file_paths_are_relative_to_the_config_and_must_exist(tmp_path: Path, withfile_probe) -> None:
+    (tmp_path / "etc" / "pki").mkdir(parents=True)
+    (tmp_path / "etc" / "pki" / "province-ca.pem").write_text("x")
+    path = write(tmp_path / "etc", FILE_CONFIG)
+    missing = tmp_path / "etc" / "pki"
+    assert errors_of(path) == [
+        f"{path}:3: defaults.withfile.ca_file: file not found: {missing / 'missing.pem'} "
+        "(a relative path is relative to the config file's folder)",
+        f"{path}:6: services.dvc[0].tls.client_cert_file: file not found: {missing / 'client.pem'} "
+        "(a relative path is relative to the config file's folder)",
+    ]
+    (missing / "missing.pem").write_text("x")
+    (missing / "client.pem").write_text("x")
+    config = load_config(path)
+    assert [t.config.ca_file for t in config.targets] == [
+        str(missing / "province-ca.pem"),
+        str(missing / "missing.pem"),
+    ]
+    assert config.targets[0].config.tls == {"client_cert_file": str(missing / "client.pem")}
+
+
+def test_a_probe_module_that_fails_to_load_only_invalidates_its_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.PROBE_MODULES, "gone", "cmon_test_no_such_module")
+    monkeypatch.setitem(registry.PROBE_MODULES, "bug", "cmon_test_buggy_module")
+    buggy = tmp_path / "cmon_test_buggy_module.py"
+    buggy.write_text("raise RuntimeError('bug at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules, broken = probe_modules()
+    assert "tcp" in modules and "gone" not in modules and "bug" not in modules
+    assert broken["gone"] == "not installed"
+    assert broken["bug"] == "cmon_test_buggy_module failed to load (RuntimeError: bug at import)"
+    text = GOOD + "  other:\n    - {name: x1, probe: gone}\n    - {name: x2, probe: bug}\n"
+    path = write(tmp_path, text)
+    assert errors_of(path) == [
+        f"{path}:18: services.other[0]: probe 'gone' cannot be used here: not installed",
+        f"{path}:19: services.other[1]: probe 'bug' cannot be used here: cmon_test_buggy_module failed to load "
+        "(RuntimeError: bug at import)",
+    ]
+
+
+def _probes_used(path: Path) -> set[str]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {t["probe"] for targets in data["services"].values() for t in targets}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path: Path, tmp_path: Path) -> None:
+    missing = _probes_used(path) - set(probe_modules()[0])
+    if missing:
+        pytest.skip(f"probe modules not available in this tree yet: {sorted(missing)}")
+    if path.name == "lab.yaml":
+        # The lab writes its PKI under its workdir and this config beside it (see the file's header).
+        from lab.pki import make_pki
+
+        make_pki(tmp_path / "pki", ["ioffice.lab.test", "dvc.lab.test", "mail.lab.test"], [])
+        path = Path(shutil.copy(path, tmp_path / "lab.yaml"))
+    config = load_config(path)
+    assert config.targets
+    assert set(config.lines) == {"primary", "backup"}
+
+
+def test_shipped_example_covers_every_service_and_enough_targets() -> None:
+    data = yaml.safe_load((CONFIGS / "commune-example.yaml").read_text(encoding="utf-8"))
+    assert {"ioffice", "dvc", "email", "dns", "internet"} <= set(data["services"])
+    assert sum(len(t) for t in data["services"].values()) >= 12
