@@ -1,0 +1,95 @@
+"""TLS probe: handshake with any host:port over a line and check the certificate it presents.
+
+Reports connect and handshake times, the days left on the leaf certificate and how many certificates the server
+sent; a certificate that does not verify is explained by probes.tlsinfo (expired, chain incomplete, untrusted
+issuer, wrong name). STARTTLS services (SMTP 25/587, IMAP 143) have their own probes.
+Doc: docs/probes/tls.md. Needs no privileges.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import ssl
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+from . import tlsinfo
+from .base import ProbeContext, TargetConfig
+from .measurement import Measurement
+from .netio import classify, open_tcp
+
+NAME = "tls"
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def check_hostname(value: str) -> str:
+    """Accept a DNS name (a config error otherwise)."""
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if not 0 < len(value) <= 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"{value!r} is not a valid host name")
+    return value
+
+
+def check_host(value: str) -> str:
+    """Accept a DNS name or an IP address literal (a config error otherwise)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    try:
+        return check_hostname(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a host name nor an IP address") from None
+
+
+HostName = Annotated[str, AfterValidator(check_hostname)]
+Host = Annotated[str, AfterValidator(check_host)]
+
+
+class Config(TargetConfig):
+    """A TLS target: `host`, `port`, optional `server_name` (SNI and name checked), `ca_file`, thresholds."""
+
+    probe: Literal["tls"] = "tls"
+    host: Host
+    port: int = Field(default=443, ge=1, le=65535)
+    server_name: HostName | None = None
+    ca_file: str | None = Field(default=None, min_length=1)
+    verify_tls: bool = True
+    # The result stays ok below this; `cert_expiring` turns 1 so alerts can warn before it breaks.
+    min_days_left: float = Field(default=14.0, ge=0)
+
+
+def _cert_fields(config: Config, chain: list[bytes] | tuple[bytes, ...]) -> dict[str, float | None]:
+    left = tlsinfo.days_left(chain[0]) if chain else None
+    return {
+        "cert_days_left": left,
+        "cert_expiring": None if left is None else float(left < config.min_days_left),
+        "chain_length": float(len(chain)) if chain else None,
+    }
+
+
+async def probe(config: Config, ctx: ProbeContext) -> Measurement:
+    """Handshake with host:port and report the phases and the certificate; explain any verification failure."""
+    server_name = config.server_name or config.host.rstrip(".")
+    try:
+        context = await tlsinfo.client_context(config.ca_file, config.verify_tls)
+        conn = await open_tcp(ctx, config.host, config.port, tls=context, server_hostname=server_name)
+    except ssl.SSLCertVerificationError as exc:
+        diagnosis = await tlsinfo.diagnose(ctx, exc, config.host, config.port, server_name)
+        return ctx.failure(diagnosis.result, diagnosis.detail, _cert_fields(config, diagnosis.chain))
+    except Exception as exc:  # noqa: BLE001 - every failure is data
+        return ctx.failure(*classify(exc))
+    try:
+        ssl_object = conn.writer.get_extra_info("ssl_object")
+        fields = {
+            "dns_ms": conn.dns_ms,
+            "connect_ms": conn.connect_ms,
+            "tls_ms": conn.tls_ms,
+            "tls_version": tlsinfo.tls_version(ssl_object),
+            **_cert_fields(config, tlsinfo.sent_chain(ssl_object)),
+        }
+    finally:
+        await conn.close()
+    return ctx.success(fields)
