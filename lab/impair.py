@@ -153,7 +153,11 @@ class Impairment:
         while time.monotonic() < deadline:
             current = json.loads(self.stats_path.read_text())
             if current["generation"] > before:
-                return current
+                if current.get("full"):
+                    return current
+                # A periodic light write (same generation, no per-packet part) replaced the dump: ask again.
+                before = current["generation"]
+                self.holder.send_signal(signal.SIGUSR1)
             time.sleep(0.01)
         raise LabError(f"nfq_holder for {self.link}/{self.direction} did not answer a stats request")
 

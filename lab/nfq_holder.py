@@ -82,6 +82,7 @@ class Holder:
         self.heap: list[tuple[float, int, object, float, int]] = []  # due, order, packet, arrival, icmp index
         self.order = 0
         self.seen = self.dropped = self.accepted = 0
+        self.kernel_stamped = 0  # packets whose arrival is the kernel's timestamp
         self.holds_ms = array("d")
         self.late_ms_sum = self.late_ms_max = 0.0  # release after the due time: scheduling slack on this box
         self.icmp: list[list] = []
@@ -98,8 +99,21 @@ class Holder:
             hold = self.rng.uniform(delay - jitter, delay + jitter)
         return max(hold, 0.0) / 1000.0
 
+    def arrival(self, pkt) -> float:
+        """Return when the packet reached the queue, on the perf_counter clock.
+
+        The kernel's receive timestamp (when it has one) also counts the time the packet waited in the
+        queue for this process to be scheduled, which grows with machine load; without one, now.
+        """
+        now, wall = time.perf_counter(), time.time()
+        waited = wall - pkt.get_timestamp()
+        if 0.0 <= waited < 1.0:
+            self.kernel_stamped += 1
+            return now - waited
+        return now
+
     def on_packet(self, pkt) -> None:
-        now = time.perf_counter()
+        now = self.arrival(pkt)
         self.seen += 1
         key = icmp_echo_key(pkt.get_payload())
         icmp_index = -1
@@ -157,6 +171,7 @@ class Holder:
                        "loss_pct": a.loss_pct, "seed": a.seed},
             "uptime_s": time.time() - self.started,
             "seen": self.seen, "dropped": self.dropped, "accepted": self.accepted, "held_now": len(self.heap),
+            "kernel_stamped": self.kernel_stamped,
             "hold_ms": hold,
             "late_ms": {"mean": self.late_ms_sum / len(holds) if holds else 0.0, "max": self.late_ms_max},
             "kernel": kernel_queue_counters(a.queue),
