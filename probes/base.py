@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .measurement import Measurement
 
@@ -40,6 +40,39 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 # Identifiers become tags: ASCII slugs ("dong-loc"), display names may carry diacritics.
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def check_hostname(value: str) -> str:
+    """Accept a DNS name; a Vietnamese IDN name ("đồnglộc.vn") becomes its ASCII form (a config error otherwise)."""
+    if not value.isascii():
+        try:
+            value = value.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{value!r} is not a valid host name") from None
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if not 0 < len(value) <= 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"{value!r} is not a valid host name")
+    return value
+
+
+def check_host(value: str) -> str:
+    """Accept a DNS name or an IP address literal (a config error otherwise)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    try:
+        return check_hostname(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a host name nor an IP address") from None
+
+
+HostName = Annotated[str, AfterValidator(check_hostname)]
+Host = Annotated[str, AfterValidator(check_host)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class StrictModel(BaseModel):

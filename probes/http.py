@@ -32,12 +32,11 @@ from pydantic import AfterValidator, Field, model_validator
 from yarl import URL
 
 from . import tlsinfo
-from .base import ProbeContext, StrictModel, TargetConfig
+from .base import HostName, ProbeContext, StrictModel, TargetConfig, check_host
 from .dnswire import DnsFailure, resolve
 from .http_login import find_login_form, has_password_form
 from .measurement import Measurement
 from .netio import ProbeFailure, allowed_families, classify, family_of, line_socket
-from .tls import HostName
 
 NAME = "http"
 MAX_REDIRECTS = 10
@@ -60,6 +59,7 @@ def check_url(value: str) -> str:
         raise ValueError(f"{value!r}: the URL must start with http:// or https://")
     if not url.host or port is None:
         raise ValueError(f"{value!r}: the URL has no host name")
+    check_host(url.host)
     return value
 
 

@@ -19,7 +19,7 @@ from typing import Literal, Protocol, Sequence
 
 from pydantic import Field, model_validator
 
-from .base import Duration, ProbeContext, TargetConfig
+from .base import Duration, Host, ProbeContext, TargetConfig
 from .dnswire import resolve
 from .measurement import Measurement
 from .netio import allowed_families, classify, family_of
@@ -31,7 +31,7 @@ class Config(TargetConfig):
     """An ICMP target: `host`, and how many echoes of what size, how far apart, how long each may take."""
 
     probe: Literal["icmp"] = "icmp"
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.:%-]+$")
+    host: Host
     count: int = Field(default=10, ge=1, le=1000)
     # 0.2 s: iputils ping's floor for unprivileged users, a rate routers' ICMP limits let through, 10 echoes in 1.8 s.
     echo_interval: Duration = Field(default=0.2, ge=0.01)

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, FilePath, field_validator, model_validator
 
-from .base import ProbeContext, TargetConfig
+from .base import Host, HostName, ProbeContext, TargetConfig
 from .measurement import Measurement
 from .netio import ProbeFailure, TcpConnection, classify, open_tcp
 from .tlsinfo import DIAGNOSE_MAX_S, client_context, days_left, explain, sent_chain
@@ -33,12 +33,12 @@ class MailConfig(TargetConfig):
 
     DEFAULT_PORTS: ClassVar[dict[str, int]] = {}
 
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[^\s/:]+$|^[0-9A-Fa-f:.]+$")
+    host: Host
     port: int | None = Field(default=None, ge=1, le=65535)
     tls: TlsMode = "starttls"
     ca_file: FilePath | None = None  # PEM bundle to trust instead of the system's (a province's own CA)
     verify: bool = True  # False: still handshake and report cert_days_left, but accept any certificate
-    server_name: str | None = Field(default=None, min_length=1, max_length=253)  # SNI/verify name if host is an IP
+    server_name: HostName | None = None  # SNI/verify name if host is an IP
     expect_banner: str | None = None  # a regex the greeting must match
     username: str | None = Field(default=None, min_length=1)
     password: str | None = None

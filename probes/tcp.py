@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Literal
 
-from pydantic import Field
-
-from .base import ProbeContext, TargetConfig
+from .base import Host, Port, ProbeContext, TargetConfig
 from .measurement import Measurement
 from .netio import classify, open_tcp
 
@@ -22,8 +21,8 @@ class Config(TargetConfig):
     """A TCP target: `host`, `port`, and optionally `expect_banner` (a regex the greeting must match)."""
 
     probe: Literal["tcp"] = "tcp"
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    host: Host
+    port: Port
     expect_banner: str | None = None
     send: str | None = None  # written after connecting (e.g. "QUIT\r\n"), before reading the banner
 
@@ -39,12 +38,14 @@ async def probe(config: Config, ctx: ProbeContext) -> Measurement:
         if config.send:
             conn.writer.write(config.send.encode())
         if config.expect_banner is not None:
+            connected = time.perf_counter()
             async with asyncio.timeout(ctx.remaining()):
                 line = await conn.reader.readline()
-            fields["ttfb_ms"] = ctx.elapsed_ms()
+            fields["banner_ms"] = (time.perf_counter() - connected) * 1000.0
             banner = line.decode("utf-8", "replace").strip()
             if not re.search(config.expect_banner, banner):
-                return ctx.failure("banner_mismatch", f"banner {banner[:120]!r} does not match {config.expect_banner!r}", fields)
+                detail = f"banner {banner[:120]!r} does not match {config.expect_banner!r}"
+                return ctx.failure("banner_mismatch", detail, fields)
     except Exception as exc:  # noqa: BLE001
         return ctx.failure(*classify(exc), fields)
     finally:

@@ -8,44 +8,17 @@ Doc: docs/probes/tls.md. Needs no privileges.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import ssl
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from . import tlsinfo
-from .base import ProbeContext, TargetConfig
+from .base import Host, HostName, ProbeContext, TargetConfig
 from .measurement import Measurement
 from .netio import classify, open_tcp
 
 NAME = "tls"
-_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-
-
-def check_hostname(value: str) -> str:
-    """Accept a DNS name (a config error otherwise)."""
-    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
-    if not 0 < len(value) <= 253 or not all(_LABEL.match(label) for label in labels):
-        raise ValueError(f"{value!r} is not a valid host name")
-    return value
-
-
-def check_host(value: str) -> str:
-    """Accept a DNS name or an IP address literal (a config error otherwise)."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    try:
-        return check_hostname(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is neither a host name nor an IP address") from None
-
-
-HostName = Annotated[str, AfterValidator(check_hostname)]
-Host = Annotated[str, AfterValidator(check_host)]
 
 
 class Config(TargetConfig):
