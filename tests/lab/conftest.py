@@ -1,7 +1,9 @@
-"""Fixtures for the lab tests: one network lab per session, and small TCP helpers run inside it.
+"""Fixtures for the lab tests: a network lab per session, one with the province servers per module, and small TCP
+helpers run inside the lab.
 
-The ``lab`` fixture skips (with the reason) when this machine cannot run the lab and always tears the lab
-down. The helpers run tiny Python servers in the dc namespace and clients in the pc namespace.
+The ``lab`` (network only) and ``lab_with_servers`` fixtures skip (with the reason) when this machine cannot run
+the lab and always tear the lab down. The helpers run tiny Python servers in the dc namespace and clients in the
+pc namespace.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import Iterator
+
 import pytest
 
 from lab import Lab, addresses as A
@@ -77,15 +82,29 @@ def lab_supported() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def lab(lab_supported):
-    """A running lab (network only, no province servers), torn down at the end of the session."""
-    the_lab = Lab(servers=False)
+@contextmanager
+def running_lab(servers: bool) -> Iterator[Lab]:
+    """Bring a Lab up (with the province servers or not) and always tear it down, even if up() fails half-way."""
+    the_lab = Lab(servers=servers)
     try:
         the_lab.up()
         yield the_lab
     finally:
         the_lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab(lab_supported):
+    """A running lab (network only, no province servers), torn down at the end of the session."""
+    with running_lab(servers=False) as the_lab:
+        yield the_lab
+
+
+@pytest.fixture(scope="module")
+def lab_with_servers(lab_supported):
+    """A running lab with the province servers, torn down at the end of the module."""
+    with running_lab(servers=True) as the_lab:
+        yield the_lab
 
 
 @pytest.fixture(scope="session")

@@ -22,19 +22,8 @@ PROBES = {"http", "tcp", "tls", "icmp", "smtp", "imap", "dns"}
 
 
 @pytest.fixture(scope="module")
-def plab(lab_supported):
-    """A lab with the province servers running; always torn down."""
-    the_lab = Lab(servers=True)
-    try:
-        the_lab.up()
-        yield the_lab
-    finally:
-        the_lab.down()
-
-
-@pytest.fixture(scope="module")
-def lab_config(plab) -> Path:
-    return write_agent_config(plab)
+def lab_config(lab_with_servers) -> Path:
+    return write_agent_config(lab_with_servers)
 
 
 def cmon_probe(lab: Lab, config: Path, *args: str) -> tuple[int, list[dict]]:
@@ -59,8 +48,8 @@ def write_config(lab: Lab, name: str, services: dict, lines: dict | None = None)
     return path
 
 
-def test_every_probe_is_up_over_both_lines(plab, lab_config):
-    status, measurements = cmon_probe(plab, lab_config)
+def test_every_probe_is_up_over_both_lines(lab_with_servers, lab_config):
+    status, measurements = cmon_probe(lab_with_servers, lab_config)
     down = [(m["tags"]["target"], m["tags"]["line"], m["result"], m.get("detail")) for m in measurements
             if m["fields"]["up"] != 1.0]
     assert status == 0 and not down, down
@@ -74,12 +63,12 @@ def test_every_probe_is_up_over_both_lines(plab, lab_config):
 
 
 @pytest.mark.parametrize("cut, alive", [("wan1", "backup"), ("wan2", "primary")])
-def test_a_cut_line_times_out_while_the_other_line_carries_on(plab, lab_config, cut, alive):
-    plab.cut(cut)
+def test_a_cut_line_times_out_while_the_other_line_carries_on(lab_with_servers, lab_config, cut, alive):
+    lab_with_servers.cut(cut)
     try:
-        status, measurements = cmon_probe(plab, lab_config)
+        status, measurements = cmon_probe(lab_with_servers, lab_config)
     finally:
-        plab.restore(cut)
+        lab_with_servers.restore(cut)
     assert status == 1
     for m in measurements:
         line, result = m["tags"]["line"], m["result"]
@@ -90,7 +79,7 @@ def test_a_cut_line_times_out_while_the_other_line_carries_on(plab, lab_config, 
             assert "rtt_ms" not in m["fields"]
 
 
-def test_each_failure_mode_gives_its_reason(plab):
+def test_each_failure_mode_gives_its_reason(lab_with_servers):
     ca = "pki/root.pem"
     ioffice = "https://ioffice.lab.test"
     services = {
@@ -112,8 +101,8 @@ def test_each_failure_mode_gives_its_reason(plab):
             {"name": "nxdomain", "probe": "dns", "query_name": "khong-co.lab.test"},
         ],
     }
-    config = write_config(plab, "failures.yaml", services, lines={"primary": {}})
-    status, measurements = cmon_probe(plab, config)
+    config = write_config(lab_with_servers, "failures.yaml", services, lines={"primary": {}})
+    status, measurements = cmon_probe(lab_with_servers, config)
     results = {m["tags"]["target"]: m["result"] for m in measurements}
     assert status == 1
     assert results == {
@@ -137,26 +126,27 @@ def test_each_failure_mode_gives_its_reason(plab):
     ("imap", {"mail-imap", "mail-imaps"}),
     ("ioffice", {"ioffice-web", "ioffice-login", "ioffice-https", "ioffice-cert"}),
 ])
-def test_a_stopped_server_is_refused_and_comes_back(plab, lab_config, role, targets):
-    plab.province.stop(role)
+def test_a_stopped_server_is_refused_and_comes_back(lab_with_servers, lab_config, role, targets):
+    lab_with_servers.province.stop(role)
     try:
-        _, measurements = cmon_probe(plab, lab_config, "--line", "primary")
+        _, measurements = cmon_probe(lab_with_servers, lab_config, "--line", "primary")
     finally:
-        plab.province.start(role)
+        lab_with_servers.province.start(role)
     results = {m["tags"]["target"]: m["result"] for m in measurements}
     for target in targets:
         assert results[target] == "refused", (target, results[target])
     others = {t: r for t, r in results.items() if t not in targets}
     assert set(others.values()) == {"ok"}, others
-    _, again = cmon_probe(plab, lab_config, "--line", "primary", *sum((["--target", t] for t in targets), []))
+    only_targets = sum((["--target", t] for t in targets), [])
+    _, again = cmon_probe(lab_with_servers, lab_config, "--line", "primary", *only_targets)
     assert {m["result"] for m in again} == {"ok"}
 
 
-def test_probes_survive_a_lossy_delayed_line(plab, lab_config):
+def test_probes_survive_a_lossy_delayed_line(lab_with_servers, lab_config):
     """40 ms ± 5 ms and 3 % loss towards the province: still up, and the delay shows in the timings."""
-    impairment = plab.impair("wan1", direction="up", delay_ms=40, jitter_ms=5, loss_pct=3, seed=11)
+    impairment = lab_with_servers.impair("wan1", direction="up", delay_ms=40, jitter_ms=5, loss_pct=3, seed=11)
     try:
-        status, measurements = cmon_probe(plab, lab_config, "--line", "primary")
+        status, measurements = cmon_probe(lab_with_servers, lab_config, "--line", "primary")
     finally:
         stats = impairment.clear()
     down = [(m["tags"]["target"], m["result"], m.get("detail")) for m in measurements if m["result"] != "ok"]

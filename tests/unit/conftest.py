@@ -1,6 +1,10 @@
-"""Shared fixtures for unit tests: one real `Province` (HTTPS, SMTP, IMAP, DNS) on loopback for the session."""
+"""Shared fixtures for unit tests: one real `Province` (HTTPS, SMTP, IMAP, DNS) on loopback for the session, and a
+listening TCP port."""
 
 from __future__ import annotations
+
+import socket
+from typing import Iterator
 
 import pytest
 
@@ -16,3 +20,12 @@ def province(tmp_path_factory):
         pytest.skip(reason)
     with Province(tmp_path_factory.mktemp("province"), PROVINCE_ADDRESSES) as started:
         yield started
+
+
+@pytest.fixture
+def listening_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections (the kernel completes them from the backlog)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield server.getsockname()[1]

@@ -7,22 +7,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from agent import cli
 
 BAD_CONFIGS = Path(__file__).parent / "testdata" / "bad-configs"
-
-
-@pytest.fixture
-def listening_port() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections (the kernel completes them from the backlog)."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(64)
-        yield server.getsockname()[1]
 
 
 @pytest.fixture

@@ -15,41 +15,12 @@ from lab.servers import dns as lab_dns
 from lab.servers.process import Check, ServerProcess
 from probes import dns as dns_probe
 from probes.base import ProbeContext
-from probes.measurement import RESULT_CODES, Measurement
+from probes.measurement import Measurement
 
+from probe_helpers import free_port, make_expected, make_strip
 
-# Fields that vary run to run: compared loosely by the tests, not in the whole-Measurement comparison.
-TIMING = {"dns_ms", "connect_ms", "banner_ms", "tls_ms", "auth_ms", "login_ms", "send_ms", "duration_ms"}
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """Return a port on 127.0.0.1 nothing listens on now."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def strip(m: Measurement) -> dict:
-    """Return the Measurement as a dict without timing fields and time; cert_days_left rounded to days."""
-    out = m.to_dict()
-    out["fields"] = {k: v for k, v in out["fields"].items() if k not in TIMING}
-    if "cert_days_left" in out["fields"]:
-        out["fields"]["cert_days_left"] = round(out["fields"]["cert_days_left"])
-    del out["time"]
-    return out
-
-
-def expected(result: str, fields: dict, detail: str | None = None) -> dict:
-    """Return what `strip` gives for the dns target `t`, unpinned, with this result, fields and detail."""
-    out = {
-        "name": "probe",
-        "tags": {"service": "dns", "target": "t", "probe": "dns", "line": "auto"},
-        "fields": {**fields, "up": 1.0 if result == "ok" else 0.0, "result_code": float(RESULT_CODES[result])},
-        "result": result,
-    }
-    if detail is not None:
-        out["detail"] = detail
-    return out
+strip = make_strip()
+expected = make_expected("dns", "dns")
 
 
 async def run(**keys) -> Measurement:

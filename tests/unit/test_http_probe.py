@@ -21,11 +21,15 @@ from lab.pki import make_pki
 from lab.servers.web import DVC_TITLE, IOFFICE_TITLE, IOFFICE_WELCOME, create_app
 from probes import http
 from probes.base import Line, LineConfig, ProbeContext
-from probes.measurement import RESULT_CODES, Measurement
+from probes.measurement import Measurement
+
+from probe_helpers import make_expected, make_strip
 
 HOST = "ioffice.lab.test"
 TIMING = {"dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "duration_ms", "login_ms", "cert_days_left"}
 LOGIN = {"fields": {"username": "vanthu", "password": "matkhau"}}
+strip = make_strip(TIMING)
+expected = make_expected("web", "http", line="primary")
 LINE = Line("primary", LineConfig(hosts={HOST: "127.0.0.1", "dvc.lab.test": "127.0.0.1"}))
 
 
@@ -87,26 +91,6 @@ async def run(line: Line | None = LINE, resolvers: tuple[str, ...] = (), **keys)
     """Run the http probe with these config keys (target name `t`)."""
     config = http.Config(name="t", **keys)
     return await http.probe(config, ProbeContext(service="web", target=config, line=line, resolvers=resolvers))
-
-
-def strip(m: Measurement) -> dict:
-    """Return the Measurement as a dict without timing fields (and without the time)."""
-    out = m.to_dict()
-    out["fields"] = {k: v for k, v in out["fields"].items() if k not in TIMING}
-    del out["time"]
-    return out
-
-
-def expected(result: str, fields: dict, detail: str | None = None, line: str = "primary") -> dict:
-    out = {
-        "name": "probe",
-        "tags": {"service": "web", "target": "t", "probe": "http", "line": line},
-        "fields": {**fields, "up": 1.0 if result == "ok" else 0.0, "result_code": float(RESULT_CODES[result])},
-        "result": result,
-    }
-    if detail is not None:
-        out["detail"] = detail
-    return out
 
 
 def page_fields(status: int, redirects: int, body: int) -> dict:

@@ -18,34 +18,17 @@ from pydantic import ValidationError
 
 from probes import icmp
 from probes.base import Line, LineConfig, ProbeContext
-from probes.measurement import RESULT_CODES, Measurement
+from probes.measurement import Measurement
+
+from probe_helpers import make_expected, make_strip
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"duration_ms", "rtt_ms", "rtt_avg_ms", "rtt_min_ms", "rtt_max_ms", "jitter_ms"}
+strip = make_strip(TIMING)
+expected = make_expected("internet", "icmp")
 FAST = {"count": 5, "echo_interval": 0.05, "echo_timeout": 0.5, "timeout": 2}
 IS_ROOT = os.geteuid() == 0 and shutil.which("ip") is not None
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (raw sockets, network namespaces)")
-
-
-def strip(m: Measurement | dict) -> dict:
-    """Return the Measurement as a dict without timing fields and time."""
-    out = m.to_dict() if isinstance(m, Measurement) else dict(m)
-    out["fields"] = {k: v for k, v in out["fields"].items() if k not in TIMING}
-    out.pop("time", None)
-    return out
-
-
-def expected(result: str, fields: dict, detail: str | None = None, line: str = "auto") -> dict:
-    """Return the expected stripped Measurement of target `t`."""
-    out = {
-        "name": "probe",
-        "tags": {"service": "internet", "target": "t", "probe": "icmp", "line": line},
-        "fields": {**fields, "up": 1.0 if result == "ok" else 0.0, "result_code": float(RESULT_CODES[result])},
-        "result": result,
-    }
-    if detail is not None:
-        out["detail"] = detail
-    return out
 
 
 def counts(sent: int, received: int) -> dict:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 import time
 import types
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import pytest
 
@@ -56,15 +55,6 @@ def fake_probe_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     monkeypatch.setitem(registry.PROBE_MODULES, "fake", module.__name__)
     RUNNING.update(now=0, max=0)
     return module
-
-
-@pytest.fixture
-def listening_port() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections (the kernel completes them from the backlog)."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(64)
-        yield server.getsockname()[1]
 
 
 HEADER = "agent: {province: ha-tinh, commune: dong-loc, id: quay-01}\n"

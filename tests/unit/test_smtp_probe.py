@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -15,7 +14,12 @@ from pydantic import ValidationError
 from lab.pki import make_pki
 from probes import smtp
 from probes.base import ProbeContext
-from probes.measurement import RESULT_CODES, Measurement
+from probes.measurement import Measurement
+
+from probe_helpers import free_port, make_expected, make_strip
+
+strip = make_strip()
+expected = make_expected("mail", "smtp")
 
 USER, PASSWORD = "motcua@lab.test", "mật-khẩu đúng"
 
@@ -77,48 +81,10 @@ def start_server():
         controller.stop()
 
 
-# Fields that vary run to run: compared loosely by the tests, not in the whole-Measurement comparison.
-TIMING = {"dns_ms", "connect_ms", "banner_ms", "tls_ms", "auth_ms", "login_ms", "send_ms", "duration_ms"}
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """Return a port on 127.0.0.1 nothing listens on now."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def strip(m: Measurement) -> dict:
-    """Return the Measurement as a dict without timing fields and time; cert_days_left rounded to days."""
-    out = m.to_dict()
-    out["fields"] = {k: v for k, v in out["fields"].items() if k not in TIMING}
-    if "cert_days_left" in out["fields"]:
-        out["fields"]["cert_days_left"] = round(out["fields"]["cert_days_left"])
-    del out["time"]
-    return out
-
-
-def expected(result: str, fields: dict, detail: str | None = None) -> dict:
-    """Return what `strip` gives for the smtp target `t`, unpinned, with this result, fields and detail."""
-    out = {
-        "name": "probe",
-        "tags": {"service": "mail", "target": "t", "probe": "smtp", "line": "auto"},
-        "fields": {**fields, "up": 1.0 if result == "ok" else 0.0, "result_code": float(RESULT_CODES[result])},
-        "result": result,
-    }
-    if detail is not None:
-        out["detail"] = detail
-    return out
-
-
 async def run(**keys) -> Measurement:
     """Run the smtp probe against 127.0.0.1 with these config keys (target name `t`)."""
     config = smtp.Config(name="t", host="127.0.0.1", helo_name="probe.lab.test", **keys)
     return await smtp.probe(config, ProbeContext(service="mail", target=config))
-
-
-
-
 
 
 async def test_starttls_and_auth_send_no_mail(start_server, pki):

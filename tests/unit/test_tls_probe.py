@@ -13,10 +13,14 @@ from pydantic import ValidationError
 from lab.pki import SOON_DAYS, make_pki
 from probes import tls, tlsinfo
 from probes.base import ProbeContext
-from probes.measurement import RESULT_CODES, Measurement
+from probes.measurement import Measurement
+
+from probe_helpers import make_expected, make_strip
 
 HOST = "ioffice.lab.test"
 TIMING = {"dns_ms", "connect_ms", "tls_ms", "duration_ms", "cert_days_left"}
+strip = make_strip(TIMING)
+expected = make_expected("tls", "tls")
 UNTRUSTED_PROVINCE = ("issuer 'Province Lab Root CA' is not trusted — add the province CA with ca_file (or, if it "
                       "is an intermediate CA, the server must send it)")
 MISSING_INTERMEDIATE = ("the server does not send the intermediate certificate 'Commune Monitor Lab Issuing CA 1' "
@@ -59,25 +63,6 @@ async def run(**keys) -> Measurement:
     """Run the tls probe with these config keys (target name `t`)."""
     config = tls.Config(name="t", **keys)
     return await tls.probe(config, ProbeContext(service="tls", target=config))
-
-
-def strip(m: Measurement) -> dict:
-    out = m.to_dict()
-    out["fields"] = {k: v for k, v in out["fields"].items() if k not in TIMING}
-    del out["time"]
-    return out
-
-
-def expected(result: str, fields: dict, detail: str | None = None) -> dict:
-    out = {
-        "name": "probe",
-        "tags": {"service": "tls", "target": "t", "probe": "tls", "line": "auto"},
-        "fields": {**fields, "up": 1.0 if result == "ok" else 0.0, "result_code": float(RESULT_CODES[result])},
-        "result": result,
-    }
-    if detail is not None:
-        out["detail"] = detail
-    return out
 
 
 async def test_full_chain_with_custom_ca(tls_server, pki):
