@@ -7,7 +7,6 @@ province servers in the dc namespace, over the primary (wan1) and the backup (wa
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,10 +31,6 @@ def cmon_probe(lab: Lab, config: Path, *args: str) -> tuple[int, list[dict]]:
                     timeout=120)
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-
-
-def by_target_line(measurements: list[dict]) -> dict[tuple[str, str], dict]:
-    return {(m["tags"]["target"], m["tags"]["line"]): m for m in measurements}
 
 
 def write_config(lab: Lab, name: str, services: dict, lines: dict | None = None) -> Path:
@@ -155,3 +150,22 @@ def test_probes_survive_a_lossy_delayed_line(lab_with_servers, lab_config):
     for m in icmp:
         assert 34 < m["fields"]["rtt_ms"] < 47, m["fields"]
     assert stats["seen"] > 100
+
+
+def test_backup_line_by_dscp_mark(lab_with_servers):
+    """One NIC, no second address: the router picks the backup WAN by the DSCP bits the probe sets (CS1 = 8)."""
+    services = {"ioffice": [
+        {"name": "ioffice-web", "probe": "http", "url": "https://ioffice.lab.test/", "ca_file": "pki/root.pem"},
+        {"name": "ioffice-https", "probe": "tcp", "host": "ioffice.lab.test", "port": 443},
+        {"name": "ioffice-ping", "probe": "icmp", "host": "198.51.100.10"},
+    ], "dns": [{"name": "dns-ioffice", "probe": "dns", "query_name": "ioffice.lab.test"}]}
+    config = write_config(lab_with_servers, "dscp.yaml", services, lines={"primary": {}, "backup": {"dscp": 8}})
+    lab_with_servers.cut("wan1")
+    try:
+        _, measurements = cmon_probe(lab_with_servers, config)
+    finally:
+        lab_with_servers.restore("wan1")
+    results = {(m["tags"]["target"], m["tags"]["line"]): m["result"] for m in measurements}
+    assert results == {**{(t, "backup"): "ok" for t in ("ioffice-web", "ioffice-https", "ioffice-ping", "dns-ioffice")},
+                       **{(t, "primary"): "timeout" for t in ("ioffice-web", "ioffice-https", "ioffice-ping",
+                                                               "dns-ioffice")}}

@@ -9,7 +9,6 @@ import imaplib
 import mailbox
 import os
 import re
-import shutil
 import smtplib
 import socket
 import subprocess
