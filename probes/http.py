@@ -225,17 +225,25 @@ class _Run(tlsinfo.HandshakeObserver):
 
 
 class _Resolver(AbstractResolver):
-    """aiohttp resolver: a fresh lookup over the line via probes.dnswire, timed into the current hop."""
+    """aiohttp resolver: one fresh lookup per host per run, over the line via probes.dnswire, timed into the hop.
+
+    Redirects and login steps to the same host reuse the run's answer (as blackbox_exporter does); the next run
+    looks it up again.
+    """
 
     def __init__(self, run: _Run) -> None:
         self.run = run
+        self.answers: dict[str, list[str]] = {}
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
-        addresses, dns_ms = await resolve(self.run.ctx, host, allowed_families(self.run.ctx))
-        if dns_ms is not None:
-            self.run.hop.dns_ms = (self.run.hop.dns_ms or 0.0) + dns_ms
-        if not addresses:
-            raise DnsFailure(f"{host} has no address of the allowed family ({self.run.ctx.target.ip_family})")
+        addresses = self.answers.get(host)
+        if addresses is None:
+            addresses, dns_ms = await resolve(self.run.ctx, host, allowed_families(self.run.ctx))
+            if dns_ms is not None:
+                self.run.hop.dns_ms = (self.run.hop.dns_ms or 0.0) + dns_ms
+            if not addresses:
+                raise DnsFailure(f"{host} has no address of the allowed family ({self.run.ctx.target.ip_family})")
+            self.answers[host] = addresses
         return [{"hostname": host, "host": a, "port": port, "family": family_of(a), "proto": 0,
                  "flags": socket.AI_NUMERICHOST} for a in addresses]
 
