@@ -425,6 +425,8 @@ async def probe(config: Config, ctx: ProbeContext) -> Measurement:
     finally:
         tlsinfo.HANDSHAKE_OBSERVER.reset(token)
     fields.update(run.fields(hops))
+    # A host is looked up once per run, possibly during the login step: count that lookup here too.
+    fields["dns_ms"] = run.fields()["dns_ms"]
     fields.update(status_code=float(page.status), redirects=float(page.redirects), body_bytes=float(len(page.body)))
     if page.url.scheme == "https":
         fields["cert_days_left"] = tlsinfo.days_left(hops[-1].peer_cert)
