@@ -1,0 +1,1 @@
+"""Benchmarks run in the lab (not timed tests): see benchmarks/README.md."""
