@@ -2,7 +2,7 @@
 
 `load_config(path)` returns an `AgentConfig` or raises `ConfigError` carrying EVERY problem found, each with
 `file:line`, the key path and a plain message. Targets are validated by their probe's `Config` (the probes in
-`probes.registry.available()`), after merging `defaults:` into them; an error in a merged value points at the
+`probes.registry.loadable()`), after merging `defaults:` into them; an error in a merged value points at the
 `defaults:` line. Keys ending in `_file` are paths relative to the config file's folder and must exist.
 See docs/configuration.md.
 """
@@ -128,7 +128,7 @@ class _Validator:
         self.base_dir = base_dir
         self.located = located
         self.issues = [ConfigIssue(file, i.line, i.path, i.message) for i in located.issues]
-        self.modules, self.broken = probe_modules()
+        self.modules, self.broken = registry.loadable()
 
     def add(self, path: Path_, message: str, *, at: Path_ | None = None) -> None:
         """Record a problem shown with key path `path`, on the line of `at` (default: `path`)."""
@@ -315,27 +315,6 @@ class _Checked:
     path: Path_
     merged: dict[str, Any]
     target: BoundTarget | None
-
-
-def probe_modules() -> tuple[dict[str, ModuleType], dict[str, str]]:
-    """Return the probe modules that load, and why each other one does not.
-
-    Like `registry.available()`, but a probe module that fails to import (a bug, a missing dependency) makes
-    only its own targets invalid instead of stopping the whole agent.
-    """
-    modules: dict[str, ModuleType] = {}
-    broken: dict[str, str] = {}
-    for name, module in registry.PROBE_MODULES.items():
-        try:
-            modules[name] = registry.probe_module(name)
-        except ModuleNotFoundError as exc:
-            missing = exc.name == module
-            broken[name] = "not installed" if missing else f"it needs the Python module '{exc.name}'"
-        except Exception as exc:  # noqa: BLE001 - one broken probe must not stop the others
-            log.error("probe module %s failed to load: %s: %s", module, type(exc).__name__, exc)
-            log.debug("traceback of the failed import of %s", module, exc_info=True)
-            broken[name] = f"{module} failed to load ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-    return modules, broken
 
 
 def _none_as_empty(lines: Any) -> Any:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
+
+log = logging.getLogger(__name__)
 
 # Module names, imported on first use (scapy-based probes must not cost memory until used).
 PROBE_MODULES: dict[str, str] = {
@@ -22,13 +25,22 @@ def probe_module(name: str) -> ModuleType:
     return importlib.import_module(PROBE_MODULES[name])
 
 
-def available() -> dict[str, ModuleType]:
-    """Return every probe module that is present (all of them, in a complete install)."""
-    modules = {}
+def loadable() -> tuple[dict[str, ModuleType], dict[str, str]]:
+    """Return the probe modules that load, and why each other one does not.
+
+    A probe module that fails to import (a bug, a missing dependency) makes only its own targets invalid
+    instead of stopping the whole agent.
+    """
+    modules: dict[str, ModuleType] = {}
+    broken: dict[str, str] = {}
     for name, module in PROBE_MODULES.items():
         try:
-            modules[name] = importlib.import_module(module)
+            modules[name] = probe_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    return modules
+            missing = exc.name == module
+            broken[name] = "not installed" if missing else f"it needs the Python module '{exc.name}'"
+        except Exception as exc:  # noqa: BLE001 - one broken probe must not stop the others
+            log.error("probe module %s failed to load: %s: %s", module, type(exc).__name__, exc)
+            log.debug("traceback of the failed import of %s", module, exc_info=True)
+            broken[name] = f"{module} failed to load ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    return modules, broken

@@ -171,7 +171,7 @@ def test_the_console_script_entry_point(tmp_path: Path, listening_port: int) -> 
 
 def test_probe_the_lab_config_against_the_real_province(province, tmp_path: Path, capsys) -> None:
     """configs/lab.yaml, moved onto the loopback province's addresses, runs every probe up over both lines."""
-    from agent.config import probe_modules
+    from probes.registry import loadable as probe_modules
     from lab.loopback import PROVINCE_ADDRESSES
 
     missing = {"http", "tcp", "tls", "icmp", "smtp", "imap", "dns"} - set(probe_modules()[0])

@@ -11,7 +11,8 @@ from typing import Literal
 import pytest
 import yaml
 
-from agent.config import ConfigError, load_config, probe_modules
+from agent.config import ConfigError, load_config
+from probes.registry import loadable as probe_modules
 from probes import registry
 from probes.base import TargetConfig
 
