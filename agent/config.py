@@ -10,7 +10,6 @@ See docs/configuration.md.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -32,7 +31,6 @@ from .config_errors import (
 )
 from .yaml_marks import LocatedYaml, Path_, YamlSyntaxError, load_yaml
 
-log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # TargetConfig keys that `defaults:` may set for every target (identity keys are per target only).
