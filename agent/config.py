@@ -10,15 +10,16 @@ See docs/configuration.md.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping, get_args
+from typing import Annotated, Any, Mapping, get_args
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from probes import registry
-from probes.base import Line, LineConfig, Slug, StrictModel, TargetConfig
+from probes.base import Duration, Line, LineConfig, Slug, StrictModel, TargetConfig
 
 from .config_errors import (
     ConfigError,
@@ -46,10 +47,74 @@ class AgentSection(StrictModel):
     display_name: str | None = None
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+def parse_size(value: Any) -> int:
+    """Return bytes from `1048576`, `"100MB"`, `"64 KiB"` (k/M/G are powers of 1000, Ki/Mi/Gi of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string like '100MB', '64kB'")
+    match = _SIZE.match(str(value)) if not isinstance(value, (int, float)) else None
+    size = float(value) if match is None and isinstance(value, (int, float)) else None
+    if match:
+        size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+    if size is None or size <= 0:
+        raise ValueError(f"{value!r} is not a size: write e.g. 100MB, 64kB or a number of bytes")
+    return int(size)
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+# Services every agent of a commune reaches at the same central server: probed in turns (agent/scheduler.py).
+SHARED_SERVICES = frozenset({"ioffice", "dvc", "email"})
+
+
+class CollectorSection(StrictModel):
+    """Where and how the long-running agent ships its measurements (see docs/agent.md)."""
+
+    url: AnyHttpUrl
+    credential_file: str = "credential.json"  # written by `cmon agent enroll`; relative to the config's folder
+    allow_http: bool = False  # plain http:// only when set explicitly
+    ca_file: str | None = None  # the province CA (PEM); else the one pinned at enrollment, else the system's
+    timeout: Duration = 20.0
+    backlog_rate: ByteSize = 32_000  # bytes/s of (compressed) backlog at most; live data is not capped
+    batch_max: int = Field(default=500, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _https_unless_allowed(self) -> "CollectorSection":
+        if self.url.scheme == "http" and not self.allow_http:
+            raise ValueError("the collector URL is plain http://: use https://, or set allow_http: true "
+                             "(only on a trusted network: the credential would travel in clear)")
+        return self
+
+
+class SpoolSection(StrictModel):
+    """The durable on-disk queue (agent/spool.py)."""
+
+    path: str = "spool.db"  # relative to the config's folder
+    max_size: ByteSize = 100_000_000
+
+
+class ScheduleSection(StrictModel):
+    """How the long-running agent spreads its probe runs (agent/scheduler.py)."""
+
+    jitter: float = Field(default=0.1, ge=0, le=0.5)  # each run moves by up to ±jitter × interval / 2
+    concurrency: int = Field(default=8, ge=1, le=256)
+    confirm_count: int = Field(default=3, ge=0, le=10)  # re-checks after a failure...
+    confirm_interval: Duration = 5.0  # ...this far apart
+    host_interval: Duration = 30.0
+    commune_agents: int = Field(default=1, ge=1, le=1000)  # agents of this commune sharing central targets
+    peers: list[Slug] = Field(default_factory=list)  # or their ids (this agent's included): exact turns
+    probers: int = Field(default=2, ge=1, le=10)  # probes per interval per line the commune sends a shared target
+
+
 class _TopLevel(StrictModel):
     """The file's shape; targets are validated one by one against their probe's Config."""
 
     agent: AgentSection
+    collector: CollectorSection | None = None
+    spool: SpoolSection = Field(default_factory=SpoolSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     lines: dict[Slug, LineConfig] = Field(default_factory=dict)
     resolvers: list[IPAddress] = Field(default_factory=list)
     defaults: dict[str, Any] = Field(default_factory=dict)
@@ -63,11 +128,17 @@ class BoundTarget:
     service: str
     config: TargetConfig
     module: ModuleType
+    shared: bool | None = None  # the target's `shared:` key; None: by service (SHARED_SERVICES)
 
     @property
     def name(self) -> str:
         """The target's unique name."""
         return self.config.name
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether the commune's agents probe this central target in turns rather than each one every interval."""
+        return self.service in SHARED_SERVICES if self.shared is None else self.shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +151,14 @@ class AgentConfig:
     resolvers: tuple[str, ...]
     targets: tuple[BoundTarget, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    collector: CollectorSection | None = None
+    spool: SpoolSection = field(default_factory=SpoolSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+
+    def relative(self, value: str) -> Path:
+        """Return a path from the config, relative to the config file's folder unless absolute."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.path.resolve().parent / path
 
     @property
     def services(self) -> dict[str, list[BoundTarget]]:
@@ -154,6 +233,9 @@ class _Validator:
             resolvers=tuple(str(r) for r in top.resolvers),
             targets=tuple(c.target for c in checked if c.target is not None),
             defaults=top.defaults,
+            collector=top.collector,
+            spool=top.spool,
+            schedule=top.schedule,
         )
 
     # -- pydantic errors -> issues -----------------------------------------------------------------------
@@ -235,6 +317,11 @@ class _Validator:
         return targets
 
     def _check_target(self, service: str, item: dict, path: Path_, defaults: dict) -> _Checked:
+        shared = item.get("shared")
+        if "shared" in item:  # a scheduling key, not the probe's: keep it out of the probe's Config
+            item = {k: v for k, v in item.items() if k != "shared"}
+            if not isinstance(shared, bool):
+                self.add((*path, "shared"), "should be true or false")
         probe = item.get("probe")
         if probe not in self.modules:
             self.add(path, self._bad_probe(probe), at=(*path, "probe"))
@@ -245,7 +332,7 @@ class _Validator:
         config = self._validate_model(module.Config, merged, path, origin, file_errors)
         if config is None or file_errors:
             return _Checked(path, merged, None)
-        return _Checked(path, merged, BoundTarget(service, config, module))
+        return _Checked(path, merged, BoundTarget(service, config, module, shared))
 
     def _bad_probe(self, probe: Any) -> str:
         available = ", ".join(registry.PROBE_MODULES)
@@ -376,4 +463,4 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> set[str]:
     return set().union(*(_field_keys(m) for m in models))
 
 
-__all__ = ["AgentConfig", "AgentSection", "BoundTarget", "ConfigError", "ConfigIssue", "load_config"]
+__all__ = ["AgentConfig", "AgentSection", "BoundTarget", "CollectorSection", "ScheduleSection", "SpoolSection", "ConfigError", "ConfigIssue", "load_config"]

@@ -55,7 +55,7 @@ def test_error_string_lists_every_issue(tmp_path: Path) -> None:
         f"{path}:1: agent.id: 'Z' is not a valid identifier: use lowercase ASCII letters, digits, '-', '_' or '.' "
         "(e.g. dong-loc); put names with diacritics in display_name",
         f"{path}:2: services.a: this service has no targets",
-        f"{path}:3: unknown key 'bogus' (valid keys: agent, defaults, lines, resolvers, services)",
+        f"{path}:3: unknown key 'bogus' (valid keys: agent, collector, defaults, lines, resolvers, schedule, services, spool)",
     ]
 
 
