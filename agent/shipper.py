@@ -1,0 +1,334 @@
+"""Ship the spool to the collector (docs/wire.md): contiguous batches, gzip, the response-code contract.
+
+- The spool decides the order (live data first, then the backlog oldest first); the shipper sends a batch that
+  is all older than `LIVE_AGE_S` (backlog) no faster than `backlog_rate` bytes/s of request body, so a
+  weekend's backlog does not fill a 4G backup line; live batches are not held back.
+- 2xx: the batch is acknowledged (deleted from the spool). 400: quarantined and counted, the queue moves on.
+  413: split in two and resent (a single measurement that is still too large is quarantined). 401/403: keep
+  spooling, log why (once per change), retry with backoff (403 rarely: a revoked agent stays revoked until
+  the province re-enrolls it). 429/503: wait `Retry-After` (seconds or an HTTP date). Anything else (a
+  connection error, a timeout, another 5xx): tenacity's exponential backoff with jitter.
+- Every response carries `X-Server-Time-Ms`: `ClockOffset` keeps the offset measured by the fastest recent
+  exchange (the NTP idea: server time minus the midpoint of the request), which the daemon adds to the times
+  of new measurements and reports as `clock_skew_ms`.
+- Requests go over whichever line works: the OS's default route (the dual-WAN router fails over); the shipper
+  does not pin a line, so it follows the router without configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import json
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from probes.measurement import Measurement
+
+log = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+# A batch whose newest measurement is older than this is backlog (spare bandwidth only).
+LIVE_AGE_S = 120.0
+# Retry-After is honoured up to this long (a broken header must not park the agent for days).
+MAX_RETRY_AFTER_S = 3600.0
+IDLE_POLL_S = 1.0
+
+
+class SpoolLike(Protocol):
+    """What the shipper needs from agent.spool.Spool."""
+
+    spool_id: str
+
+    def ack(self, first: int, last: int) -> Any: ...
+    def quarantine(self, first: int, last: int, reason: str) -> Any: ...
+
+
+@dataclass(slots=True)
+class Batch:
+    """A contiguous range of one spool: `items` are (seq, Measurement) for every seq first..last."""
+
+    first: int
+    last: int
+    items: Sequence[tuple[int, Measurement]]
+
+    def split(self) -> tuple["Batch", "Batch"]:
+        """Return the two halves."""
+        mid = len(self.items) // 2
+        a, b = self.items[:mid], self.items[mid:]
+        return Batch(a[0][0], a[-1][0], a), Batch(b[0][0], b[-1][0], b)
+
+    def is_backlog(self, now_ms: float) -> bool:
+        """Whether every measurement in it is older than LIVE_AGE_S."""
+        return max(m.time for _, m in self.items) < now_ms - LIVE_AGE_S * 1000
+
+
+class ShipError(Exception):
+    """A batch could not be delivered now; `retry_after` (s) when the collector said when to come back."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ClockOffset:
+    """The collector's clock minus ours (ms), from the exchange with the smallest round trip among recent ones."""
+
+    def __init__(self, window: int = 8, initial_ms: float = 0.0) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=window)  # (rtt_ms, offset_ms)
+        self.initial_ms = initial_ms
+
+    def update(self, sent_ms: float, received_ms: float, server_ms: float) -> None:
+        """Record one exchange: our wall clock at send and at receipt, the server's clock in between."""
+        self.samples.append((received_ms - sent_ms, server_ms - (sent_ms + received_ms) / 2))
+
+    @property
+    def measured(self) -> bool:
+        """Whether any exchange has been measured."""
+        return bool(self.samples)
+
+    @property
+    def offset_ms(self) -> float:
+        """The best current estimate (the initial guess until measured)."""
+        return min(self.samples)[1] if self.samples else self.initial_ms
+
+    def now_ms(self) -> float:
+        """Return the collector's idea of now (our clock corrected)."""
+        return time.time() * 1000 + self.offset_ms
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Return seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return min(max(0.0, when - (now or time.time())), MAX_RETRY_AFTER_S)
+
+
+def _wait(state: RetryCallState) -> float:
+    """Backoff: Retry-After when given; 403 slowly (1 min → 1 h); otherwise 1 s → 2 min, with jitter."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, ShipError) and exc.retry_after is not None:
+        return exc.retry_after + random.uniform(0, min(5.0, exc.retry_after * 0.1))
+    if isinstance(exc, ShipError) and exc.status == 403:
+        return wait_exponential_jitter(multiplier=60, max=3600, jitter=30)(state)
+    if isinstance(exc, ShipError) and exc.status == 401:
+        return wait_exponential_jitter(multiplier=5, max=600, jitter=5)(state)
+    return wait_exponential_jitter(multiplier=1, max=120, jitter=2)(state)
+
+
+@dataclass(slots=True)
+class ShipperStats:
+    """Counters for the `agent` measurement and the logs."""
+
+    shipped_total: int = 0  # measurements acknowledged
+    quarantined_total: int = 0  # measurements refused with 400 (kept aside)
+    requests_total: int = 0
+    failures_total: int = 0
+    backlog_bytes_total: int = 0
+    last_error: str = ""
+    last_status: int | None = None
+    auth_refused: bool = False
+
+
+@dataclass(slots=True)
+class Shipper:
+    """Deliver batches from `next_batch()` to the collector; ack or quarantine them in the spool."""
+
+    spool: SpoolLike
+    next_batch: Callable[[int], Batch | None]  # max rows → the spool's next batch (live first) or None
+    url: str  # the collector's base URL
+    credential: str
+    ssl_context: ssl.SSLContext | None = None
+    timeout: float = 20.0
+    backlog_rate: float = 32_000.0  # bytes/s of request body for backlog batches
+    batch_max: int = 500
+    agent_info: Callable[[], dict] = dict  # the wire's "agent" block
+    evictions: Callable[[], list[list[int]]] = list  # ranges evicted and not yet reported
+    evictions_reported: Callable[[list[list[int]]], Any] = lambda ranges: None
+    clock: ClockOffset = field(default_factory=ClockOffset)
+    stats: ShipperStats = field(default_factory=ShipperStats)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _session: aiohttp.ClientSession | None = None
+    _backlog_free_at: float = 0.0
+
+    async def __aenter__(self) -> "Shipper":
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.url.startswith("https") else False, limit=2)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout, connect=min(10.0, self.timeout))
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def run(self) -> None:
+        """Ship forever: the next batch as soon as there is one, retrying with backoff; cancel to stop."""
+        while True:
+            async for attempt in AsyncRetrying(  # a fresh backoff for each batch
+                retry=retry_if_exception_type(ShipError), wait=_wait, before_sleep=self._log_retry, reraise=True
+            ):
+                with attempt:
+                    shipped = await self.ship_next()
+            if not shipped:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
+                except TimeoutError:
+                    pass
+
+    async def ship_next(self) -> bool:
+        """Ship the spool's next batch; return False when there was none. Raises ShipError to retry later."""
+        batch = self.next_batch(self.batch_max)
+        if batch is None:
+            return False
+        backlog = batch.is_backlog(self.clock.now_ms()) and self.backlog_rate > 0
+        if backlog:  # a token bucket of one batch: wait until the previous backlog bytes have "drained"
+            await asyncio.sleep(max(0.0, self._backlog_free_at - time.monotonic()))
+        sent = await self.ship(batch)
+        if backlog:
+            self._backlog_free_at = max(time.monotonic(), self._backlog_free_at) + sent / self.backlog_rate
+        return True
+
+    async def ship(self, batch: Batch) -> int:
+        """Deliver one batch (splitting on 413); return the request bytes sent."""
+        evicted = self.evictions()
+        body = gzip.compress(json.dumps(self._payload(batch, evicted), separators=(",", ":")).encode(), 6)
+        status, answer = await self._post("/api/v1/ingest", body)
+        if batch.is_backlog(self.clock.now_ms()):
+            self.stats.backlog_bytes_total += len(body)
+        if 200 <= status < 300:
+            self.spool.ack(batch.first, batch.last)
+            if evicted:
+                self.evictions_reported(evicted)
+            self.stats.shipped_total += len(batch.items)
+            self._auth_ok()
+            return len(body)
+        reason = _reason(answer)
+        if status == 400:
+            log.error("the collector refused measurements %d..%d as invalid (%s): quarantined",
+                      batch.first, batch.last, reason)
+            self.spool.quarantine(batch.first, batch.last, reason)
+            self.stats.quarantined_total += len(batch.items)
+            return len(body)
+        if status == 413:
+            if len(batch.items) == 1:
+                self.spool.quarantine(batch.first, batch.last, f"too large even alone: {reason}")
+                self.stats.quarantined_total += 1
+                return len(body)
+            first, second = batch.split()
+            log.info("batch %d..%d too large for the collector: splitting", batch.first, batch.last)
+            return len(body) + await self.ship(first) + await self.ship(second)
+        raise self._failure(status, reason, answer)
+
+    async def heartbeat(self, state: str = "running", timeout: float | None = None) -> bool:
+        """Send a heartbeat (`running` or `stopping`); return whether the collector took it. Never raises."""
+        body = gzip.compress(json.dumps({"version": WIRE_VERSION, "state": state, "agent": self.agent_info()}).encode())
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                status, answer = await self._post("/api/v1/heartbeat", body)
+        except (ShipError, TimeoutError) as exc:
+            log.info("heartbeat (%s) not delivered: %s", state, exc)
+            return False
+        if not 200 <= status < 300:
+            log.info("heartbeat (%s) refused: %s %s", state, status, _reason(answer))
+            return False
+        return True
+
+    def _payload(self, batch: Batch, evicted: list[list[int]]) -> dict[str, Any]:
+        return {
+            "version": WIRE_VERSION,
+            "spool": self.spool.spool_id,
+            "first": batch.first,
+            "last": batch.last,
+            "measurements": [{"seq": seq, **m.to_dict()} for seq, m in batch.items],
+            "evicted": [list(r) for r in evicted],
+            "agent": self.agent_info(),
+        }
+
+    async def _post(self, path: str, body: bytes) -> tuple[int, Any]:
+        assert self._session is not None, "use `async with Shipper(...)`"
+        headers = {
+            "Authorization": f"Bearer {self.credential}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        }
+        self.stats.requests_total += 1
+        sent = time.time() * 1000
+        try:
+            async with self._session.post(self.url.rstrip("/") + path, data=body, headers=headers) as response:
+                raw = await response.read()
+                received = time.time() * 1000
+                server = response.headers.get("X-Server-Time-Ms")
+                status, retry_after = response.status, response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.stats.failures_total += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            raise ShipError(f"cannot reach the collector: {self.stats.last_error}") from exc
+        if server and server.isdigit():
+            self.clock.update(sent, received, float(server))
+        self.stats.last_status = status
+        try:
+            answer: Any = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = raw[:200].decode("utf-8", "replace")
+        if status in (429, 503):
+            self.stats.failures_total += 1
+            raise ShipError(f"collector busy ({status})", status=status, retry_after=parse_retry_after(retry_after))
+        return status, answer
+
+    def _failure(self, status: int, reason: str, answer: Any) -> ShipError:
+        self.stats.failures_total += 1
+        self.stats.last_error = f"{status}: {reason}"
+        if status in (401, 403):
+            if not self.stats.auth_refused:
+                why = ("the credential is revoked: ask the province to re-enroll this agent" if status == 403
+                       else "the credential is missing or wrong: enroll again (cmon agent enroll)")
+                log.error("the collector refuses this agent (%d %s): %s; measurements stay in the spool",
+                          status, reason, why)
+            self.stats.auth_refused = True
+        return ShipError(f"collector answered {status}: {reason}", status=status)
+
+    def _auth_ok(self) -> None:
+        if self.stats.auth_refused:
+            log.warning("the collector accepts this agent again")
+        self.stats.auth_refused = False
+
+    @staticmethod
+    def _log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        log.info("shipping paused %.1f s (attempt %d): %s", wait, state.attempt_number, exc)
+
+
+def _reason(answer: Any) -> str:
+    if isinstance(answer, dict):
+        return str(answer.get("error") or answer)
+    return str(answer)[:200]
+
+
+def batches_from(items: Iterable[tuple[int, Measurement]]) -> Batch:
+    """Return a Batch of contiguous (seq, Measurement) items (for tests and the spool adapter)."""
+    items = list(items)
+    return Batch(items[0][0], items[-1][0], items)
+
+
+__all__ = ["Batch", "ClockOffset", "LIVE_AGE_S", "ShipError", "Shipper", "ShipperStats", "WIRE_VERSION",
+           "batches_from", "parse_retry_after"]
