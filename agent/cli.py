@@ -17,6 +17,7 @@ from typing import Sequence
 
 from .config import AgentConfig, ConfigError, load_config
 from .config_errors import suggest
+from .daemon import add_commands as add_agent_commands
 from .render import json_lines, table
 from .runner import plan, run_once
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--line", metavar="NAME", help="only over this line (e.g. primary, backup)")
     probe.add_argument("--json", action="store_true", help="one JSON object per measurement per line")
     probe.set_defaults(func=cmd_probe)
+    add_agent_commands(commands)
     return parser
 
 

@@ -1,0 +1,50 @@
+"""The agent's own health as a Measurement named `agent` (no string fields: VictoriaMetrics stores them as 0).
+
+Tags besides identity: `version` (the package version; changes rarely, like Prometheus' `*_build_info`).
+Fields: `spool_rows`, `spool_bytes`, `dropped_total`, `quarantined_total`, `shipped_total`,
+`probe_errors_total` (runs that ended with `result=error`: a probe bug), `probe_runs_total`,
+`ship_failures_total`, `clock_skew_ms` (the collector's clock minus ours), `clock_measured` (0/1: whether the
+skew has been measured since start), `auth_refused` (0/1), `config_version` (the first 32 bits of the config
+file's SHA-256 as a number: equal numbers = the same config), `uptime_s`, `rss_bytes`, `cpu_s` (user+system
+seconds since start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import psutil
+
+from probes.measurement import Measurement
+
+NAME = "agent"
+_STARTED = time.time()
+
+
+def config_version(path: Path) -> str:
+    """Return `sha256:<hex>` of the config file's bytes (what the heartbeat reports)."""
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def config_number(version: str) -> float:
+    """Return the numeric form of a config version: its first 32 bits (exact in a float)."""
+    return float(int(version.removeprefix("sha256:")[:8], 16))
+
+
+def agent_measurement(tags: dict[str, str], version: str, config_hash: str, **counters: float | None) -> Measurement:
+    """Return the `agent` Measurement: identity + `version` tags, the counters given, process figures."""
+    process = psutil.Process()
+    cpu = process.cpu_times()
+    fields: dict[str, float | None] = {
+        **counters,
+        "config_version": config_number(config_hash),
+        "uptime_s": time.time() - _STARTED,
+        "rss_bytes": process.memory_info().rss,
+        "cpu_s": cpu.user + cpu.system,
+    }
+    return Measurement(NAME, {**tags, "version": version}, fields, int(time.time() * 1000))
+
+
+__all__ = ["NAME", "agent_measurement", "config_number", "config_version"]
