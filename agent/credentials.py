@@ -18,9 +18,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 
 class CredentialError(Exception):
     """The credential file is missing, unreadable or not what enrollment writes; the message says what to do."""
@@ -43,6 +40,9 @@ def fingerprint(cert_pem_or_der: bytes | str) -> str:
     """Return `sha256:<hex>` of a certificate (PEM or DER), the form `--ca-fingerprint` takes."""
     data = cert_pem_or_der.encode() if isinstance(cert_pem_or_der, str) else cert_pem_or_der
     if b"-----BEGIN" in data:
+        from cryptography import x509  # only enrollment needs it: keep it out of the running agent's memory
+        from cryptography.hazmat.primitives import serialization
+
         data = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
