@@ -20,6 +20,7 @@ from .config_errors import suggest
 from .daemon import add_commands as add_agent_commands
 from .render import json_lines, table
 from .runner import plan, run_once
+from .service.command import add_parser as add_service_command
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--json", action="store_true", help="one JSON object per measurement per line")
     probe.set_defaults(func=cmd_probe)
     add_agent_commands(commands)
+    add_service_command(commands)
     return parser
 
 
