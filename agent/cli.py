@@ -21,6 +21,7 @@ from .daemon import add_commands as add_agent_commands
 from .render import json_lines, table
 from .runner import plan, run_once
 from .service.command import add_parser as add_service_command
+from collector.cli import add_commands as add_collector_commands
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=cmd_probe)
     add_agent_commands(commands)
     add_service_command(commands)
+    add_collector_commands(commands)
     return parser
 
 

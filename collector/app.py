@@ -1,0 +1,119 @@
+"""The collector's aiohttp application: `create_app(config)`, and `serve(config)` to run it.
+
+State lives under typed `web.AppKey`s (collector.app_keys); the SQLite connections, the database writer and the
+registry flusher start and stop through `cleanup_ctx`. Run it with `auto_decompress=False` (`RUNNER_KWARGS`):
+the ingest route gunzips by itself, with a cap, after authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from . import routes
+from .acks import Acks
+from .app_keys import ACKS, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
+from .auth import Auth
+from .config import CollectorConfig
+from .db import connect
+from .metrics import Metrics
+from .registry import Registry
+from .validate import SeriesCap
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+# aiohttp would otherwise inflate gzip bodies itself, before the handler could authenticate or cap them.
+RUNNER_KWARGS = {"auto_decompress": False}
+REGISTRY_FLUSH_S = 2.0
+
+
+def create_app(config: CollectorConfig) -> web.Application:
+    """Return the collector application for `config`."""
+    app = web.Application()
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[SERIES] = SeriesCap(config.limits.max_series_per_agent)
+    app.on_response_prepare.append(_stamp)
+    app.cleanup_ctx.append(_state)
+    routes.setup(app)
+    return app
+
+
+async def _stamp(request: web.Request, response: web.StreamResponse) -> None:
+    """Give every response the collector's clock and count it."""
+    response.headers["X-Server-Time-Ms"] = str(int(time.time() * 1000))
+    resource = request.match_info.route.resource
+    request.app[METRICS].request(resource.canonical if resource else "other", response.status)
+
+
+async def _state(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    path = config.db_path()
+    conns = [connect(path) for _ in range(3)]  # one each: acks commit from a worker thread
+    app[AUTH] = Auth(conns[0], config.province)
+    app[ACKS] = Acks(conns[1])
+    app[REGISTRY] = registry = Registry(conns[2])
+    app[WRITER] = writer = Writer(config.database)
+    flusher = asyncio.create_task(_flush_forever(registry))
+    log.info("collector state in %s, database %s", path, config.database.url)
+    try:
+        yield
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        registry.flush()
+        writer.close()
+        for conn in conns:
+            conn.close()
+
+
+async def _flush_forever(registry: Registry) -> None:
+    while True:
+        await asyncio.sleep(REGISTRY_FLUSH_S)
+        try:
+            registry.flush()
+        except Exception:  # noqa: BLE001 - retried at the next tick; the rows stay dirty
+            log.exception("cannot write the fleet registry")
+
+
+def ssl_context(config: CollectorConfig) -> ssl.SSLContext | None:
+    """Return the server TLS context (None for plain HTTP, only when allowed explicitly)."""
+    if config.listen.allow_http:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.listen.cert_file, config.listen.key_file)
+    return context
+
+
+async def serve(config: CollectorConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop cleanly (the registry is flushed)."""
+    runner = web.AppRunner(create_app(config), access_log=None, **RUNNER_KWARGS)
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=ssl_context(config),
+                       backlog=4096)
+    await site.start()
+    log.warning("collector for %s listening on %s://%s:%s", config.province,
+                "http" if config.listen.allow_http else "https", config.listen.host, config.listen.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+__all__ = ["RUNNER_KWARGS", "create_app", "serve", "ssl_context"]

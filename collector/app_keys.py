@@ -1,0 +1,21 @@
+"""Typed application state keys (`web.AppKey`), shared by collector.app and collector.routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .acks import Acks
+from .auth import Auth
+from .config import CollectorConfig
+from .metrics import Metrics
+from .registry import Registry
+from .validate import SeriesCap
+from .writer import Writer
+
+CONFIG = web.AppKey("config", CollectorConfig)
+AUTH = web.AppKey("auth", Auth)
+ACKS = web.AppKey("acks", Acks)
+REGISTRY = web.AppKey("registry", Registry)
+WRITER = web.AppKey("writer", Writer)
+METRICS = web.AppKey("metrics", Metrics)
+SERIES = web.AppKey("series", SeriesCap)

@@ -1,0 +1,81 @@
+"""The collector's own health in Prometheus text format (`GET /metrics`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Write latency histogram buckets, seconds.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Metrics:
+    """Counters and a latency histogram, rendered by `render()`."""
+
+    requests: Counter = field(default_factory=Counter)  # (endpoint, status) → count
+    lines_written: int = 0
+    samples_written: int = 0
+    lines_skipped: int = 0  # already written before (a resend)
+    batches_refused: Counter = field(default_factory=Counter)  # reason class → count
+    db_errors: int = 0
+    write_buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
+    write_count: int = 0
+    write_sum: float = 0.0
+
+    def request(self, endpoint: str, status: int) -> None:
+        """Count a request by endpoint and status."""
+        self.requests[(endpoint, status)] += 1
+
+    def written(self, lines: int, samples: int, seconds: float) -> None:
+        """Count a successful database write."""
+        self.lines_written += lines
+        self.samples_written += samples
+        self.write_count += 1
+        self.write_sum += seconds
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.write_buckets[i] += 1
+
+    def render(self, agents: int) -> str:
+        """Return the Prometheus text exposition."""
+        out = [
+            "# HELP cmon_collector_requests_total HTTP requests by endpoint and status.",
+            "# TYPE cmon_collector_requests_total counter",
+        ]
+        out += [f'cmon_collector_requests_total{{endpoint="{e}",status="{s}"}} {n}'
+                for (e, s), n in sorted(self.requests.items())]
+        out += [
+            "# HELP cmon_collector_lines_written_total Line-protocol lines the database accepted.",
+            "# TYPE cmon_collector_lines_written_total counter",
+            f"cmon_collector_lines_written_total {self.lines_written}",
+            "# HELP cmon_collector_samples_written_total Samples (fields) the database accepted.",
+            "# TYPE cmon_collector_samples_written_total counter",
+            f"cmon_collector_samples_written_total {self.samples_written}",
+            "# HELP cmon_collector_lines_skipped_total Lines of resent batches already written (not rewritten).",
+            "# TYPE cmon_collector_lines_skipped_total counter",
+            f"cmon_collector_lines_skipped_total {self.lines_skipped}",
+            "# HELP cmon_collector_batches_refused_total Batches refused, by reason class.",
+            "# TYPE cmon_collector_batches_refused_total counter",
+        ]
+        out += [f'cmon_collector_batches_refused_total{{reason="{r}"}} {n}' for r, n in sorted(self.batches_refused.items())]
+        out += [
+            "# HELP cmon_collector_db_errors_total Writes the database failed (down, slow, refused).",
+            "# TYPE cmon_collector_db_errors_total counter",
+            f"cmon_collector_db_errors_total {self.db_errors}",
+            "# HELP cmon_collector_write_seconds Database write latency.",
+            "# TYPE cmon_collector_write_seconds histogram",
+        ]
+        out += [f'cmon_collector_write_seconds_bucket{{le="{b}"}} {n}' for b, n in zip(BUCKETS, self.write_buckets)]
+        out += [
+            f'cmon_collector_write_seconds_bucket{{le="+Inf"}} {self.write_count}',
+            f"cmon_collector_write_seconds_sum {self.write_sum:.6f}",
+            f"cmon_collector_write_seconds_count {self.write_count}",
+            "# HELP cmon_collector_agents Agents in the fleet registry.",
+            "# TYPE cmon_collector_agents gauge",
+            f"cmon_collector_agents {agents}",
+        ]
+        return "\n".join(out) + "\n"
+
+
+__all__ = ["Metrics"]

@@ -1,0 +1,230 @@
+"""HTTP endpoints (docs/wire.md): ingest, heartbeat, enroll, the fleet registry, health and /metrics.
+
+Order of work for ingest: authenticate from the header alone (401/403 before any byte of the body is read),
+read at most `max_body` bytes, gunzip incrementally with `zlib.decompressobj` and `max_length` (never more than
+`max_decompressed` bytes in memory: a gzip bomb costs a few MB, → 413), parse, validate (400 with the reason),
+skip the ranges already acknowledged, write the rest with the identity tags from the credential, record the
+range durably, answer 200. A database that is down or slow → 503 + Retry-After and nothing is acknowledged: the
+agent keeps the batch in its spool and resends it (the collector keeps no queue of its own).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+import zlib
+from pathlib import Path
+
+from aiohttp import web
+
+from . import lineproto
+from .app_keys import ACKS, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
+from .auth import AuthError, Identity
+from .validate import PayloadError, Rules, check_heartbeat, check_ingest
+from .writer import DatabaseRejected, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+SMALL_BODY = 64_000  # heartbeat and enroll bodies
+CHUNK = 64 * 1024
+
+
+class TooLarge(Exception):
+    """The body or its decompressed form is over the limit (→ 413)."""
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    """Return a JSON error response `{"error": message}`."""
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+async def read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
+    """Return the (gunzipped) body; TooLarge past either limit, PayloadError for a broken encoding."""
+    if request.content_length is not None and request.content_length > max_body:
+        raise TooLarge(f"the body is {request.content_length} bytes: at most {max_body}")
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("gzip", "identity", ""):
+        raise PayloadError(f"Content-Encoding {encoding!r} is not supported: send gzip or nothing")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+    out, received = bytearray(), 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        received += len(chunk)
+        if received > max_body:
+            raise TooLarge(f"the body is over {max_body} bytes")
+        if inflater is None:
+            out += chunk
+            continue
+        try:
+            out += inflater.decompress(chunk, max_decompressed - len(out) + 1)
+        except zlib.error as exc:
+            raise PayloadError(f"the body is not valid gzip: {exc}") from None
+        if len(out) > max_decompressed or inflater.unconsumed_tail:
+            raise TooLarge(f"the body decompresses to more than {max_decompressed} bytes")
+    if inflater is not None and not inflater.eof:
+        raise PayloadError("the gzip body is truncated")
+    return bytes(out)
+
+
+def parse_json(body: bytes) -> object:
+    """Return the JSON document; PayloadError when it is not JSON (NaN/Infinity included)."""
+    def _refuse(token: str) -> None:
+        raise PayloadError(f"{token} is not a number the database can store")
+    try:
+        return json.loads(body, parse_constant=_refuse)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, PayloadError):
+            raise
+        raise PayloadError(f"the body is not JSON: {exc}") from None
+
+
+def _identity(request: web.Request) -> Identity:
+    return request.app[AUTH].authenticate(request.headers.get("Authorization"))
+
+
+async def ingest(request: web.Request) -> web.Response:
+    """POST /api/v1/ingest: write a contiguous batch once; see the module docstring."""
+    app, config = request.app, request.app[CONFIG]
+    metrics = app[METRICS]
+    try:
+        who = _identity(request)
+    except AuthError as exc:
+        return error(exc.status, str(exc))
+    limits = config.limits
+    rules = Rules(config.tag_keys, int(config.database.retention * 1000), int(limits.max_future * 1000),
+                  limits.max_measurements, limits.max_tag_value)
+    try:
+        batch = check_ingest(parse_json(await read_body(request, limits.max_body, limits.max_decompressed)), rules)
+    except TooLarge as exc:
+        metrics.batches_refused["too_large"] += 1
+        return error(413, str(exc))
+    except PayloadError as exc:
+        metrics.batches_refused["invalid"] += 1
+        log.info("refused a batch from %s: %s", who.key, exc)
+        return error(400, str(exc))
+    acks = app[ACKS]
+    async with acks.lock(who.key, batch.spool):
+        todo = acks.missing(who.key, batch.spool, batch.first, batch.last)
+        points = [p for p in batch.points if any(a <= p.seq <= b for a, b in todo)]
+        metrics.lines_skipped += len(batch.points) - len(points)
+        if points:
+            try:
+                app[SERIES].check(who.key, points)
+            except PayloadError as exc:
+                metrics.batches_refused["series_cap"] += 1
+                return error(400, str(exc))
+            ident = {"province": who.province, "commune": who.commune, "agent": who.agent}
+            body = lineproto.lines((p.name, {**p.tags, **ident}, p.fields, p.time) for p in points)
+            try:
+                seconds = await app[WRITER].write(body)
+            except DatabaseUnavailable as exc:
+                metrics.db_errors += 1
+                log.warning("database unavailable, batch %s/%s %d..%d not acknowledged: %s",
+                            who.key, batch.spool, batch.first, batch.last, exc)
+                return error(503, "the database is unavailable: keep spooling and retry",
+                             **{"Retry-After": str(limits.retry_after)})
+            except DatabaseRejected as exc:
+                metrics.db_errors += 1
+                log.error("%s", exc)
+                return error(500, "the database refused the batch: the province's administrator must look")
+            metrics.written(len(points), sum(len(p.fields) for p in points), seconds)
+        try:
+            await acks.record(who.key, batch.spool, batch.first, batch.last, evicted=batch.evicted)
+        except Exception:  # noqa: BLE001 - written but not recorded: the resend is deduplicated by the database
+            log.exception("cannot record the acknowledged range")
+            return error(503, "cannot record the batch: retry", **{"Retry-After": str(limits.retry_after)})
+    app[REGISTRY].seen(who, batch.agent, request.remote)
+    return web.json_response({"acked": [batch.first, batch.last], "duplicate": not points,
+                              "written": len(points), "server_time_ms": _now_ms()})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    """POST /api/v1/heartbeat: note the agent's state (`running` or `stopping`) in the registry."""
+    try:
+        who = _identity(request)
+    except AuthError as exc:
+        return error(exc.status, str(exc))
+    try:
+        state, info = check_heartbeat(parse_json(await read_body(request, SMALL_BODY, SMALL_BODY)))
+    except TooLarge as exc:
+        return error(413, str(exc))
+    except PayloadError as exc:
+        return error(400, str(exc))
+    request.app[REGISTRY].seen(who, info, request.remote, state)
+    return web.json_response({"server_time_ms": _now_ms()})
+
+
+async def enroll(request: web.Request) -> web.Response:
+    """POST /api/v1/enroll: trade a one-time token for the agent's own credential."""
+    try:
+        payload = parse_json(await read_body(request, SMALL_BODY, SMALL_BODY))
+        if not isinstance(payload, dict) or payload.get("version") != 1:
+            raise PayloadError("expected {\"version\": 1, \"token\": ..., \"agent_id\": ...}")
+    except TooLarge as exc:
+        return error(413, str(exc))
+    except PayloadError as exc:
+        return error(400, str(exc))
+    token, agent_id, hostname = payload.get("token"), payload.get("agent_id"), payload.get("hostname")
+    if not isinstance(token, str) or not isinstance(agent_id, str):
+        return error(400, "token and agent_id must be strings")
+    try:
+        credential, who = request.app[AUTH].enroll(token, agent_id)
+    except AuthError as exc:
+        log.info("enrollment of %r from %s refused: %s", agent_id, request.remote, exc)
+        return error(exc.status, str(exc))
+    request.app[REGISTRY].enrolled(who, hostname if isinstance(hostname, str) else None, request.remote)
+    log.info("enrolled %s from %s", who.key, request.remote)
+    return web.json_response({"credential": credential, "province": who.province, "commune": who.commune,
+                              "agent": who.agent, "server_time_ms": _now_ms()})
+
+
+async def agents(request: web.Request) -> web.Response:
+    """GET /api/v1/agents: the fleet registry (from loopback, or with the views token)."""
+    token = request.app[CONFIG].views_token
+    if not _is_loopback(request.remote) and (not token or request.headers.get("Authorization") != f"Bearer {token}"):
+        return error(401, "the fleet registry needs the views token (or a request from the collector's host)")
+    return web.json_response({"agents": request.app[REGISTRY].agents(), "server_time_ms": _now_ms()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: the collector's own health."""
+    text = request.app[METRICS].render(len(request.app[REGISTRY].agents()))
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def ca(request: web.Request) -> web.Response:
+    """GET /api/v1/ca: the province CA (public), for `cmon agent enroll --ca-fingerprint`."""
+    path = request.app[CONFIG].listen.ca_file
+    if not path:
+        return error(404, "this collector does not serve its CA (listen.ca_file): enroll with --ca-file")
+    return web.Response(text=Path(path).read_text(encoding="ascii"), content_type="application/x-pem-file")
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: the process answers."""
+    return web.Response(text="OK")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def setup(app: web.Application) -> None:
+    """Register every route."""
+    app.router.add_post("/api/v1/ingest", ingest)
+    app.router.add_post("/api/v1/heartbeat", heartbeat)
+    app.router.add_post("/api/v1/enroll", enroll)
+    app.router.add_get("/api/v1/agents", agents)
+    app.router.add_get("/api/v1/ca", ca)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+
+
+__all__ = ["read_body", "setup"]
