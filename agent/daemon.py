@@ -62,7 +62,7 @@ class SpoolAdapter:
         if batch is None:
             return None
         items = [(seq, m if isinstance(m, Measurement) else Measurement.from_dict(m)) for seq, m in batch.items]
-        return Batch(batch.first, batch.last, items) if items else None
+        return Batch(batch.first, batch.last, items, getattr(batch, "live", None)) if items else None
 
     def ack(self, first: int, last: int) -> None:
         self.spool.ack(first, last)

@@ -60,15 +60,18 @@ class Batch:
     first: int
     last: int
     items: Sequence[tuple[int, Measurement]]
+    live: bool | None = None  # the spool's own verdict; None: judged by age
 
     def split(self) -> tuple["Batch", "Batch"]:
         """Return the two halves."""
         mid = len(self.items) // 2
         a, b = self.items[:mid], self.items[mid:]
-        return Batch(a[0][0], a[-1][0], a), Batch(b[0][0], b[-1][0], b)
+        return Batch(a[0][0], a[-1][0], a, self.live), Batch(b[0][0], b[-1][0], b, self.live)
 
     def is_backlog(self, now_ms: float) -> bool:
-        """Whether every measurement in it is older than LIVE_AGE_S."""
+        """Whether it is backlog: the spool says so, else every measurement is older than LIVE_AGE_S."""
+        if self.live is not None:
+            return not self.live
         return max(m.time for _, m in self.items) < now_ms - LIVE_AGE_S * 1000
 
 
