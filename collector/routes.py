@@ -197,7 +197,7 @@ async def ca(request: web.Request) -> web.Response:
     path = request.app[CONFIG].listen.ca_file
     if not path:
         return error(404, "this collector does not serve its CA (listen.ca_file): enroll with --ca-file")
-    return web.Response(text=Path(path).read_text(encoding="ascii"), content_type="application/x-pem-file")
+    return web.Response(text=Path(path).read_text(encoding="ascii"), content_type="text/plain")
 
 
 async def health(request: web.Request) -> web.Response:

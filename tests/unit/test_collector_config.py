@@ -80,3 +80,37 @@ def test_series_cap_counts_distinct_series_per_agent():
     cap.check("a", [Point(3, "probe", {"t": "2"}, {"up": 1.0}, 0)])
     with pytest.raises(ValueError, match="at most 2"):
         cap.check("a", [Point(4, "probe", {"t": "3"}, {"up": 1.0}, 0)])
+
+
+async def test_https_with_the_province_ca_and_the_ca_endpoint(tmp_path):
+    """The collector serves HTTPS with a province-CA certificate; agents verify it; /api/v1/ca gives the CA."""
+    import asyncio
+    import ssl
+
+    import aiohttp
+
+    from agent.credentials import fingerprint
+    from collector.app import serve
+    from lab.pki import make_pki
+    from lab.victoria import free_port
+
+    pki = make_pki(tmp_path / "pki", ["collector.lab.test"], ["127.0.0.1"])
+    port = free_port()
+    config = parse_config({**BASE, "data_dir": str(tmp_path), "listen": {
+        "host": "127.0.0.1", "port": port, "cert_file": str(pki.province_leaf),
+        "key_file": str(pki.province_leaf_key), "ca_file": str(pki.province_root)}})
+    ready = asyncio.Event()
+    server = asyncio.create_task(serve(config, ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        trusted = ssl.create_default_context(cafile=str(pki.province_root))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{port}/api/v1/ca", ssl=trusted) as response:
+                assert response.status == 200
+                assert fingerprint(await response.text()) == fingerprint(pki.province_root.read_bytes())
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await session.get(f"https://127.0.0.1:{port}/health", ssl=ssl.create_default_context())
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
