@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -44,16 +45,24 @@ def line(name: str, tags: Mapping[str, str], fields: Mapping[str, float], time_m
     """Return one line: `name,tag=v,... field=1.0,... time_ms` (tags sorted, as InfluxDB recommends)."""
     if not fields:
         raise LineProtocolError("a line needs at least one field")
-    head = escape_name(name)
-    for key in sorted(tags):
-        head += f",{escape_key(key, 'tag key')}={escape_key(tags[key])}"
+    head = _head(name, tuple(sorted(tags.items())))
     parts = []
     for key, value in fields.items():
         number = float(value)
         if not math.isfinite(number):
             raise LineProtocolError(f"field {key!r} is {number}: only finite numbers can be stored")
-        parts.append(f"{escape_key(key, 'field key')}={number!r}")
+        parts.append(f"{_field_key(key)}={number!r}")
     return f"{head} {','.join(parts)} {int(time_ms)}"
+
+
+@lru_cache(maxsize=65_536)  # a series' tags repeat every run: escape them once
+def _head(name: str, tags: tuple[tuple[str, str], ...]) -> str:
+    return escape_name(name) + "".join(f",{escape_key(k, 'tag key')}={escape_key(v)}" for k, v in tags)
+
+
+@lru_cache(maxsize=4096)
+def _field_key(key: str) -> str:
+    return escape_key(key, "field key")
 
 
 def lines(points: Iterable[tuple[str, Mapping[str, str], Mapping[str, float], int]]) -> str:
