@@ -1,10 +1,10 @@
 """The agent's YAML configuration: who this agent is, its lines, resolvers, defaults and targets by service.
 
 `load_config(path)` returns an `AgentConfig` or raises `ConfigError` carrying EVERY problem found, each with
-`file:line`, the key path and a plain message. Targets are validated by their probe's `Config` (the probes in
-`probes.registry.loadable()`), after merging `defaults:` into them; an error in a merged value points at the
-`defaults:` line. Keys ending in `_file` are paths relative to the config file's folder and must exist.
-See docs/configuration.md.
+`file:line`, the key path and a plain message. Targets are validated by their probe's `Config` (only the probe
+modules the file names are loaded: `probes.registry.loadable(names)`), after merging `defaults:` into them; an
+error in a merged value points at the `defaults:` line. Keys ending in `_file` are paths relative to the config
+file's folder and must exist. See docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class _Validator:
         self.base_dir = base_dir
         self.located = located
         self.issues = [ConfigIssue(file, i.line, i.path, i.message) for i in located.issues]
-        self.modules, self.broken = registry.loadable()
+        self.modules, self.broken = registry.loadable(_probes_named(located.data))
 
     def add(self, path: Path_, message: str, *, at: Path_ | None = None) -> None:
         """Record a problem shown with key path `path`, on the line of `at` (default: `path`)."""
@@ -400,6 +400,20 @@ class _Checked:
     path: Path_
     merged: dict[str, Any]
     target: BoundTarget | None
+
+
+def _probes_named(data: Any) -> set[str]:
+    """Return the probe names the file mentions (targets' `probe:`, per-probe `defaults:`): the modules to load."""
+    if not isinstance(data, dict):
+        return set()
+    defaults = data.get("defaults")
+    names = {k for k in defaults if isinstance(k, str)} if isinstance(defaults, dict) else set()
+    services = data.get("services")
+    for items in services.values() if isinstance(services, dict) else ():
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and isinstance(item.get("probe"), str):
+                names.add(item["probe"])
+    return names
 
 
 def _none_as_empty(lines: Any) -> Any:

@@ -153,6 +153,7 @@ class _Hop:
     address: str | None = None
     port: int | None = None
     peer_cert: bytes | None = None
+    peer_not_after: str | None = None  # ssl's, when verified: cert_days_left without parsing the certificate
 
     @property
     def connect_ms(self) -> float | None:
@@ -207,6 +208,7 @@ class _Run(tlsinfo.HandshakeObserver):
     def tls_done(self, ssl_object: ssl.SSLObject) -> None:
         self.hop.tls_end = time.perf_counter()
         self.hop.peer_cert = ssl_object.getpeercert(binary_form=True)
+        self.hop.peer_not_after = tlsinfo.verified_not_after(ssl_object)
 
     async def connection_created(self, *_: Any) -> None:
         self.hop.created_at = time.perf_counter()
@@ -429,7 +431,7 @@ async def probe(config: Config, ctx: ProbeContext) -> Measurement:
     fields["dns_ms"] = run.fields()["dns_ms"]
     fields.update(status_code=float(page.status), redirects=float(page.redirects), body_bytes=float(len(page.body)))
     if page.url.scheme == "https":
-        fields["cert_days_left"] = tlsinfo.days_left(hops[-1].peer_cert)
+        fields["cert_days_left"] = tlsinfo.days_left(hops[-1].peer_cert, not_after=hops[-1].peer_not_after)
     if not config.status_ok(page.status):
         return ctx.failure("bad_status", f"{page.url} answered HTTP {page.status}", fields)
     problem = await _check_content(config, page)
@@ -447,7 +449,7 @@ async def _failure(exc: BaseException, config: Config, ctx: ProbeContext, run: _
     """Turn an exception into the failure Measurement, with the phases measured before it."""
     fields.update(run.fields())
     if run.hops and run.hops[-1].peer_cert:
-        fields["cert_days_left"] = tlsinfo.days_left(run.hops[-1].peer_cert)
+        fields["cert_days_left"] = tlsinfo.days_left(run.hops[-1].peer_cert, not_after=run.hops[-1].peer_not_after)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError) and isinstance(
         exc.certificate_error, ssl.SSLCertVerificationError
     ):

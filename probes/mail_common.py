@@ -23,7 +23,7 @@ from pydantic import Field, FilePath, field_validator, model_validator
 from .base import Host, HostName, ProbeContext, TargetConfig
 from .measurement import Measurement
 from .netio import ProbeFailure, TcpConnection, classify, open_tcp
-from .tlsinfo import DIAGNOSE_MAX_S, client_context, days_left, explain, sent_chain
+from .tlsinfo import DIAGNOSE_MAX_S, client_context, days_left, explain, sent_chain, verified_not_after
 
 TlsMode = Literal["none", "starttls", "implicit"]
 
@@ -158,7 +158,8 @@ class MailSession:
     def _note_certificate(self) -> None:
         assert self.conn is not None
         ssl_object = self.conn.writer.get_extra_info("ssl_object")
-        self.fields["cert_days_left"] = days_left(ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self.fields["cert_days_left"] = days_left(der, not_after=verified_not_after(ssl_object))
 
     async def _explain(self, exc: ssl.SSLCertVerificationError) -> None:
         """Raise the reason a certificate was refused, from the chain a second, unverified session receives."""

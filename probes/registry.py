@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 from types import ModuleType
+from typing import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +26,18 @@ def probe_module(name: str) -> ModuleType:
     return importlib.import_module(PROBE_MODULES[name])
 
 
-def loadable() -> tuple[dict[str, ModuleType], dict[str, str]]:
-    """Return the probe modules that load, and why each other one does not.
+def loadable(names: Iterable[str] | None = None) -> tuple[dict[str, ModuleType], dict[str, str]]:
+    """Return the probe modules that load, and why each other one does not (only `names` when given).
 
     A probe module that fails to import (a bug, a missing dependency) makes only its own targets invalid
-    instead of stopping the whole agent.
+    instead of stopping the whole agent. The agent passes the probes its config names: a module costs memory
+    (the http probe ~10 MB) and it should not pay for probes it never runs.
     """
     modules: dict[str, ModuleType] = {}
     broken: dict[str, str] = {}
-    for name, module in PROBE_MODULES.items():
+    chosen = set(PROBE_MODULES if names is None else names)
+    wanted = {name: module for name, module in PROBE_MODULES.items() if name in chosen}
+    for name, module in wanted.items():
         try:
             modules[name] = probe_module(name)
         except ModuleNotFoundError as exc:

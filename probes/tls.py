@@ -34,8 +34,9 @@ class Config(TargetConfig):
     min_days_left: float = Field(default=14.0, ge=0)
 
 
-def _cert_fields(config: Config, chain: list[bytes] | tuple[bytes, ...]) -> dict[str, float | None]:
-    left = tlsinfo.days_left(chain[0]) if chain else None
+def _cert_fields(config: Config, chain: list[bytes] | tuple[bytes, ...],
+                 not_after: str | None = None) -> dict[str, float | None]:
+    left = tlsinfo.days_left(chain[0], not_after=not_after) if chain else None
     return {
         "cert_days_left": left,
         "cert_expiring": None if left is None else float(left < config.min_days_left),
@@ -61,7 +62,7 @@ async def probe(config: Config, ctx: ProbeContext) -> Measurement:
             "connect_ms": conn.connect_ms,
             "tls_ms": conn.tls_ms,
             "tls_version": tlsinfo.tls_version(ssl_object),
-            **_cert_fields(config, tlsinfo.sent_chain(ssl_object)),
+            **_cert_fields(config, tlsinfo.sent_chain(ssl_object), tlsinfo.verified_not_after(ssl_object)),
         }
     finally:
         await conn.close()

@@ -2,8 +2,11 @@
 
 - `client_context(ca_file, verify)`: a cached client SSLContext (building one reads the system CA store, ~35 ms
   of blocking work, so it is built once in a thread and reused). `ca_file` is trusted IN ADDITION to the system CAs.
-- `days_left(der)`, `sent_chain(ssl_object)`: the leaf's remaining validity, the certificates the server sent
-  (public `get_unverified_chain()` from Python 3.13, the private `_sslobj` one on 3.11/3.12).
+- `days_left(der, not_after=...)`, `sent_chain(ssl_object)`: the leaf's remaining validity, the certificates the
+  server sent (public `get_unverified_chain()` from Python 3.13, the private `_sslobj` one on 3.11/3.12).
+  `cryptography` (~10 MB) is imported only to parse certificates: a verified handshake gives `notAfter` through
+  ssl (`verified_not_after`), so an agent whose certificates verify never loads it; the diagnosis and the
+  `verify: false` path do.
 - `diagnose(ctx, exc, host, port, server_name)`: after a verification failure, a second handshake WITHOUT
   verification fetches the chain the server really sends, and `explain()` turns it into a reason:
   expired first (renewing fixes every client), then wrong name, self-signed, untrusted root, and for "unable to
@@ -23,11 +26,12 @@ import contextvars
 import datetime as dt
 import os
 import ssl
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from cryptography import x509
-from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
 
 from .base import ProbeContext
 from .netio import ProbeFailure, classify_verify_error, open_tcp
@@ -117,14 +121,31 @@ async def client_context(ca_file: str | None = None, verify: bool = True, observ
 
 def load(der: bytes) -> x509.Certificate | None:
     """Parse a DER certificate (None if it is not one)."""
+    from cryptography import x509  # only when a certificate must be parsed: see the module docstring
+
     try:
         return x509.load_der_x509_certificate(der)
     except ValueError:
         return None
 
 
-def days_left(der: bytes | None, now: dt.datetime | None = None) -> float | None:
-    """Return days until the certificate's notAfter (negative once expired), or None."""
+def verified_not_after(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+    """Return the verified leaf's notAfter as ssl gives it ("Jun  1 12:00:00 2030 GMT"); None unverified."""
+    info = ssl_object.getpeercert() if ssl_object is not None else None  # {} when the chain was not verified
+    return info.get("notAfter") if info else None
+
+
+def days_left(der: bytes | None, now: dt.datetime | None = None, not_after: str | None = None) -> float | None:
+    """Return days until the certificate's notAfter (negative once expired), or None.
+
+    `not_after` (from `verified_not_after`) spares parsing `der`, and importing cryptography.
+    """
+    if not_after:
+        try:
+            now_s = now.timestamp() if now else time.time()
+            return round((ssl.cert_time_to_seconds(not_after) - now_s) / 86400.0, 3)
+        except ValueError:
+            pass  # an unexpected format: parse the certificate instead
     cert = load(der) if der else None
     if cert is None:
         return None
@@ -159,12 +180,16 @@ def tls_version(ssl_object: ssl.SSLObject | None) -> float | None:
 
 def name_of(name: x509.Name) -> str:
     """Return a certificate name for people: its CN, else the whole RFC 4514 string."""
+    from cryptography.x509.oid import NameOID
+
     cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else name.rfc4514_string()
 
 
 def is_ca(cert: x509.Certificate) -> bool:
     """Whether the certificate may issue others (basicConstraints CA:TRUE)."""
+    from cryptography import x509
+
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
@@ -173,6 +198,9 @@ def is_ca(cert: x509.Certificate) -> bool:
 
 def aia_issuer_urls(cert: x509.Certificate) -> list[str]:
     """Return the caIssuers URLs (where the issuer's certificate can be downloaded)."""
+    from cryptography import x509
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
     try:
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     except x509.ExtensionNotFound:
@@ -182,6 +210,8 @@ def aia_issuer_urls(cert: x509.Certificate) -> list[str]:
 
 def dns_names(cert: x509.Certificate) -> list[str]:
     """Return the names (DNS and IP) the certificate is valid for."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
