@@ -118,6 +118,39 @@ class Job:
         return round_no
 
 
+def make_jobs(config: AgentConfig, producers: Sequence[tuple[str, float, Producer | None]] = ()) -> list[Job]:
+    """Return the agent's jobs: every target over each of its lines, then the producers, each with its phase."""
+    agent = config.agent.id
+    jobs = []
+    for run in plan(config):
+        line = run.line.name if run.line else "-"
+        key = f"{run.target.name}/{line}"
+        interval = run.target.config.interval
+        jobs.append(Job(key, interval, unit_fraction(agent, key) * interval, run.target.is_shared,
+                        run.target, run.line))
+    for name, interval, producer in producers:
+        jobs.append(Job(name, interval, unit_fraction(agent, name) * interval, producer=producer))
+    return jobs
+
+
+def planned_runs(config: AgentConfig, start: float, end: float,
+                 producers: Sequence[tuple[str, float]] = ()) -> list[tuple[Job, float]]:
+    """Return (job, time) of every round due in [start, end) (Unix s, collector clock), before jitter.
+
+    What the schedule promises, independent of what the agent did: the end-to-end tests derive the samples
+    they expect in the database from it. Shared targets count only this agent's turns.
+    """
+    turns = Turns.from_config(config)
+    out = []
+    for job in make_jobs(config, [(name, interval, None) for name, interval in producers]):
+        round_no = math.ceil((start - job.phase) / job.interval)
+        while (at := round_no * job.interval + job.phase) < end:
+            if not job.shared or turns.my_turn(job.key, round_no):
+                out.append((job, at))
+            round_no += 1
+    return out
+
+
 @dataclass(order=True, slots=True)
 class _Due:
     at: float
@@ -153,17 +186,7 @@ class Scheduler:
         self._stop = asyncio.Event()
 
     def _jobs(self, producers: Sequence[tuple[str, float, Producer]]) -> list[Job]:
-        agent = self.config.agent.id
-        jobs = []
-        for run in plan(self.config):
-            line = run.line.name if run.line else "-"
-            key = f"{run.target.name}/{line}"
-            interval = run.target.config.interval
-            jobs.append(Job(key, interval, unit_fraction(agent, key) * interval, run.target.is_shared,
-                            run.target, run.line))
-        for name, interval, producer in producers:
-            jobs.append(Job(name, interval, unit_fraction(agent, name) * interval, producer=producer))
-        return jobs
+        return make_jobs(self.config, producers)
 
     def due_time(self, job: Job, now: float) -> float:
         """Return when `job` runs next after `now`: its next round (or turn), phase, and a little jitter."""
@@ -260,4 +283,4 @@ class Scheduler:
         return measurement
 
 
-__all__ = ["Job", "Scheduler", "Turns", "stable_hash", "unit_fraction"]
+__all__ = ["Job", "Scheduler", "Turns", "make_jobs", "planned_runs", "stable_hash", "unit_fraction"]

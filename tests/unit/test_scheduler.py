@@ -174,3 +174,22 @@ async def test_stop_returns_promptly_while_probes_run(tmp_path: Path) -> None:
     scheduler.stop()
     await asyncio.wait_for(task, 5)
     assert time.monotonic() - started < 3.0
+
+
+def test_planned_runs_are_the_times_the_scheduler_picks_without_jitter(tmp_path: Path) -> None:
+    services = ("  dns:\n    - {name: a, probe: tcp, host: 127.0.0.1, port: 9, interval: 2s}\n"
+                "  ioffice:\n    - {name: b, probe: tcp, host: 127.0.0.1, port: 9, interval: 3s, shared: true}\n")
+    config = load_config(write_config(tmp_path, services, "commune_agents: 3, probers: 1"))
+    from agent.scheduler import planned_runs
+
+    start = 1_800_000_000.0
+    planned = planned_runs(config, start, start + 60, producers=[("host", 5.0)])
+    scheduler = Scheduler(config, Recorder(), producers=[("host", 5.0, Recorder())])
+    for job in scheduler.jobs:
+        times, now = [], start
+        while (at := scheduler.due_time(job, now)) < start + 60:
+            times.append(at)
+            now = at
+        assert times == [t for j, t in planned if j.key == job.key], job.key
+    counts = collections.Counter(j.key for j, _ in planned)
+    assert counts["a/-"] == 30 and counts["host"] == 12 and 0 < counts["b/-"] < 20  # b: one turn in 3 rounds
