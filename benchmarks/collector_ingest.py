@@ -1,0 +1,227 @@
+"""Collector ingest under a backfill storm, beside VictoriaMetrics ingesting the same line protocol directly.
+
+One run, one VictoriaMetrics (lab.victoria: `-dedup.minScrapeInterval=1ms`), one collector process (`cmon
+collector run`, HTTPS with a province-CA certificate from lab.pki), N simulated agents (lab.fleet) enrolled in
+the collector's state file, each with a backlog of standard-profile batches (contiguous seq ranges, gzip'd JSON,
+pre-generated before any timing):
+
+  (a) direct: every agent's batches as gzip'd line protocol (the identity tags the collector would add, another
+      province so the series differ) POSTed to VM's /api/v2/write, one connection per agent, all at once;
+  (b) collector: the same batches through the production path — HTTPS, Bearer credential, gzip, validation, tag
+      override, de-duplication against the acknowledged ranges, the VM write, the durable ack — one HTTPS
+      connection per agent, all at once, honouring 503 + Retry-After.
+
+Rates: lines/s from the batches answered 2xx, samples/s from `vm_rows_inserted_total{type="influx"}`, both over
+the storm's wall time (first request sent → last answer). CPU: utime+stime of each process over each phase.
+
+    .venv/bin/python -m benchmarks.collector_ingest [--agents 2000] [--batches 3] [--batch-size 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from lab import fleet
+from lab.pki import make_pki
+from lab.victoria import Victoria, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "collector_ingest.md"
+PROVINCE = "ha-tinh"
+CACHE = Path(tempfile.gettempdir()) / "cmon-fleet-bodies"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int | None = None) -> float:
+    """Return utime+stime (s) of a process (None: this one)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def bodies(agents: list[fleet.SimAgent], batches: int, batch_size: int) -> list[fleet.Bodies]:
+    """Return the agents' pre-generated bodies (cached across runs: generating them takes a while)."""
+    key = hashlib.sha256(repr((len(agents), batches, batch_size, agents[0].spool, agents[-1].agent, 3)).encode())
+    path = CACHE / f"{len(agents)}-{batches}-{batch_size}-{key.hexdigest()[:12]}.pickle"
+    if path.exists() and time.time() - path.stat().st_mtime < 6 * 86_400:
+        return pickle.loads(path.read_bytes())
+    t0 = int(time.time() * 1000) - 7 * 86_400_000  # a week-old backlog, well inside the 30 d retention
+    out = fleet.make_bodies(agents, batches, batch_size, t0, processes=os.cpu_count() or 2,
+                            lp_identity=lambda a: {**a.identity, "province": "direct"})
+    CACHE.mkdir(exist_ok=True)
+    path.write_bytes(pickle.dumps(out, protocol=5))
+    return out
+
+
+def collector_config(tmp: Path, vm_url: str, port: int, pki: object, http: bool) -> Path:
+    """Write the collector's config (HTTPS unless `http`) and return its path."""
+    listen = {"host": "127.0.0.1", "port": port}
+    if http:
+        listen["allow_http"] = True
+    else:
+        listen |= {"cert_file": str(pki.province_leaf), "key_file": str(pki.province_leaf_key),
+                   "ca_file": str(pki.province_root)}
+    path = tmp / "collector.yaml"
+    path.write_text(yaml.safe_dump({"province": PROVINCE, "data_dir": str(tmp / "state"), "listen": listen,
+                                    "database": {"url": vm_url, "retention": "30d", "timeout": "20s"},
+                                    "limits": {"retry_after": 1}}))
+    return path
+
+
+def start_collector(config: Path, url: str, log: Path, ssl_context: object) -> subprocess.Popen:
+    """Start `cmon collector run -c config` and wait for /health."""
+    import ssl as _ssl
+    cmd = [str(Path(sys.executable).parent / "cmon"), "--log-level", "warning", "collector", "run", "-c", str(config)]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the collector exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1,
+                                        context=ssl_context if isinstance(ssl_context, _ssl.SSLContext) else None):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the collector did not start")
+
+
+def run_phase(name: str, url: str, plan: list, pids: dict[str, int], vm: Victoria, *, ssl_context=None,
+              warm_path: str | None, deadline_s: float) -> dict:
+    """Run one storm; return its figures (rates, latency, errors, CPU per process)."""
+    rows0 = vm.rows_inserted()
+    cpu0 = {k: cpu_s(p) for k, p in pids.items()} | {"simulator": cpu_s()}
+    result = asyncio.run(fleet.storm(url, plan, ssl_context=ssl_context, deadline_s=deadline_s, warm_path=warm_path))
+    cpu1 = {k: cpu_s(p) for k, p in pids.items()} | {"simulator": cpu_s()}
+    rows = vm.rows_inserted() - rows0
+    seconds = result.seconds
+    latencies = [lat for _, lat, _ in result.requests]
+    ok_latencies = [lat for status, lat, _ in result.requests if 200 <= status < 300]
+    statuses: dict[str, int] = {}
+    for status, _, _ in result.requests:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    expected_batches = sum(len(entry[1]) for entry in plan)
+    figures = {
+        "phase": name, "connections": len(plan), "seconds": seconds, "requests": len(result.requests),
+        "batches_ok": statuses.get("200", 0) + statuses.get("204", 0), "batches_planned": expected_batches,
+        "lines_ok": result.lines_ok, "samples_sent_ok": result.samples_ok, "rows_inserted": rows,
+        "lines_per_s": result.lines_ok / seconds, "samples_per_s": rows / seconds,
+        "p50_ms": fleet.percentile(latencies, 50) * 1000, "p99_ms": fleet.percentile(latencies, 99) * 1000,
+        "ok_p50_ms": fleet.percentile(ok_latencies, 50) * 1000, "ok_p99_ms": fleet.percentile(ok_latencies, 99) * 1000,
+        "statuses": statuses, "retries": result.retries, "errors": result.errors,
+        "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
+    }
+    print(f"{name}: {figures['lines_per_s']:,.0f} lines/s, {figures['samples_per_s']:,.0f} samples/s, "
+          f"p50 {figures['p50_ms']:.0f} ms, p99 {figures['p99_ms']:.0f} ms, {statuses}, {result.errors}, "
+          f"cpu {figures['cpu_s']}", flush=True)
+    return figures
+
+
+def table(phases: list[dict]) -> str:
+    """Return the results as a markdown table."""
+    rows = ["| path | connections | batches ok / planned | lines ok | lines/s | samples/s (VM counter) | "
+            "p50 ms | p99 ms | p99 ms (2xx only) | answers | retries (503) | errors | CPU s: collector / VM / simulator | wall s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | ---: |"]
+    for f in phases:
+        cpu = f["cpu_s"]
+        rows.append(
+            f"| {f['phase']} | {f['connections']} | {f['batches_ok']} / {f['batches_planned']} | {f['lines_ok']:,} | "
+            f"{f['lines_per_s']:,.0f} | {f['samples_per_s']:,.0f} | {f['p50_ms']:.0f} | {f['p99_ms']:.0f} | "
+            f"{f['ok_p99_ms']:.0f} | {', '.join(f'{k}: {v}' for k, v in sorted(f['statuses'].items()))} | "
+            f"{f['retries']} | {', '.join(f'{k}: {v}' for k, v in f['errors'].items()) or '0'} | "
+            f"{cpu.get('collector', 0):.1f} / {cpu.get('vm', 0):.1f} / {cpu.get('simulator', 0):.1f} | "
+            f"{f['seconds']:.1f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write results/collector_ingest.md."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=2000)
+    parser.add_argument("--batches", type=int, default=3, help="batches per agent (its backlog)")
+    parser.add_argument("--batch-size", type=int, default=500, help="measurements per batch (the agent's batch_max)")
+    parser.add_argument("--deadline", type=float, default=180.0, help="seconds per phase at most")
+    parser.add_argument("--http", action="store_true", help="plain HTTP to the collector (default HTTPS)")
+    parser.add_argument("--skip-direct", action="store_true", help="only the collector phase")
+    parser.add_argument("--no-write", action="store_true", help="do not write results/collector_ingest.md")
+    args = parser.parse_args(argv)
+    command = "`.venv/bin/python -m benchmarks.collector_ingest" + (f" {' '.join(argv or sys.argv[1:])}`".rstrip(" `") + "`")
+    with tempfile.TemporaryDirectory(prefix="cmon-ingest-") as tmp_name:
+        tmp = Path(tmp_name)
+        pki = make_pki(tmp / "pki", ["collector.lab.test", "localhost"], ["127.0.0.1"])
+        agents = fleet.enroll(tmp / "state" / "collector.sqlite", PROVINCE, args.agents)
+        started = time.perf_counter()
+        per_agent = bodies(agents, args.batches, args.batch_size)
+        print(f"{args.agents} agents enrolled, bodies ready in {time.perf_counter() - started:.1f} s", flush=True)
+        phases = []
+        with Victoria(tmp / "vm", retention="30d") as vm:
+            port = free_port()
+            url = f"{'http' if args.http else 'https'}://127.0.0.1:{port}"
+            ssl_context = None if args.http else fleet.client_ssl(pki.province_root)
+            collector = start_collector(collector_config(tmp, vm.url, port, pki, args.http), url,
+                                        tmp / "collector.log", ssl_context)
+            try:
+                pids = {"collector": collector.pid, "vm": vm.process.pid}
+                if not args.skip_direct:
+                    plan = [({"Content-Encoding": "gzip", "Content-Type": "text/plain"}, b.lineproto, b.lines,
+                             b.samples) for b in per_agent]
+                    phases.append(run_phase("VM direct (/api/v2/write, gzip line protocol, HTTP)",
+                                            vm.url + "/api/v2/write?precision=ms", plan, pids, vm,
+                                            warm_path=None, deadline_s=args.deadline))
+                plan = [({"Authorization": f"Bearer {a.credential}", "Content-Type": "application/json",
+                          "Content-Encoding": "gzip"}, b.wire, b.lines, b.samples) for a, b in zip(agents, per_agent)]
+                phases.append(run_phase(f"collector ({'HTTP' if args.http else 'HTTPS'}, production path)",
+                                        url + "/api/v1/ingest", plan, pids, vm, ssl_context=ssl_context,
+                                        warm_path="/health", deadline_s=args.deadline))
+            finally:
+                collector.terminate()
+                try:
+                    collector.wait(30)
+                except subprocess.TimeoutExpired:
+                    collector.kill()
+                    collector.wait()
+            if collector.returncode not in (0, -15):
+                print((tmp / "collector.log").read_text()[-3000:])
+    lines_per_round = 32
+    samples = sum(per_agent[0].samples) / sum(per_agent[0].lines)
+    text = "\n".join([
+        "# Collector ingest: a backfill storm, beside VictoriaMetrics direct", "",
+        f"Command: {command}  ",
+        f"Run: {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC on {platform.node()} ({os.cpu_count()} CPUs, "
+        f"Linux {platform.release()}), Python {platform.python_version()}", "",
+        f"{args.agents} agents (enrolled for real in the collector's state file), each posting a backlog of "
+        f"{args.batches} batches × {args.batch_size} measurements of the standard profile ({lines_per_round} lines per "
+        f"30 s round, {samples:.1f} samples per line) back to back over its own connection, all agents at once. "
+        "Lines/s: lines of the batches answered 2xx over the phase's wall time; samples/s: the increase of VM's "
+        "`vm_rows_inserted_total{type=\"influx\"}` over the same time. Latency: per request, send → answer read, "
+        "503s included (the column \"2xx only\" leaves them out). One machine runs VM, the collector and the "
+        "simulator (CPU s: utime+stime of each over the phase).", "",
+        table(phases), "",
+    ])
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
