@@ -1,0 +1,1 @@
+"""End-to-end tests: agent, collector and VictoriaMetrics as real processes (tests/e2e/harness.py)."""
