@@ -84,10 +84,11 @@ def collector_config(tmp: Path, vm_url: str, port: int, pki: object, http: bool)
     return path
 
 
-def start_collector(config: Path, url: str, log: Path, ssl_context: object) -> subprocess.Popen:
-    """Start `cmon collector run -c config` and wait for /health."""
+def start_collector(config: Path, url: str, log: Path, ssl_context: object, profile: str | None = None) -> subprocess.Popen:
+    """Start `cmon collector run -c config` (under `py-spy record` with `profile`) and wait for /health."""
     import ssl as _ssl
-    cmd = [str(Path(sys.executable).parent / "cmon"), "--log-level", "warning", "collector", "run", "-c", str(config)]
+    spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "--idle", "--threads", "-f", "raw", "-o", profile, "--"] if profile else []
+    cmd = [*spy, str(Path(sys.executable).parent / "cmon"), "--log-level", "warning", "collector", "run", "-c", str(config)]
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -102,6 +103,11 @@ def start_collector(config: Path, url: str, log: Path, ssl_context: object) -> s
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("the collector did not start")
+
+
+def _child(pid: int) -> int:
+    """Return the first child of pid (the collector under py-spy)."""
+    return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
 
 
 def run_phase(name: str, url: str, plan: list, pids: dict[str, int], vm: Victoria, *, ssl_context=None,
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds per phase at most")
     parser.add_argument("--http", action="store_true", help="plain HTTP to the collector (default HTTPS)")
     parser.add_argument("--skip-direct", action="store_true", help="only the collector phase")
+    parser.add_argument("--profile", metavar="FILE", help="run the collector under py-spy (collapsed stacks to FILE)")
     parser.add_argument("--no-write", action="store_true", help="do not write results/collector_ingest.md")
     args = parser.parse_args(argv)
     command = "`.venv/bin/python -m benchmarks.collector_ingest" + (f" {' '.join(argv or sys.argv[1:])}`".rstrip(" `") + "`")
@@ -177,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             url = f"{'http' if args.http else 'https'}://127.0.0.1:{port}"
             ssl_context = None if args.http else fleet.client_ssl(pki.province_root)
             collector = start_collector(collector_config(tmp, vm.url, port, pki, args.http), url,
-                                        tmp / "collector.log", ssl_context)
+                                        tmp / "collector.log", ssl_context, args.profile)
             try:
-                pids = {"collector": collector.pid, "vm": vm.process.pid}
+                pids = {"collector": _child(collector.pid) if args.profile else collector.pid, "vm": vm.process.pid}
                 if not args.skip_direct:
                     plan = [({"Content-Encoding": "gzip", "Content-Type": "text/plain"}, b.lineproto, b.lines,
                              b.samples) for b in per_agent]
@@ -192,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                                         url + "/api/v1/ingest", plan, pids, vm, ssl_context=ssl_context,
                                         warm_path="/health", deadline_s=args.deadline))
             finally:
-                collector.terminate()
+                if args.profile:  # py-spy writes its file when the profiled process ends
+                    os.kill(pids["collector"], 15)
+                collector.terminate() if not args.profile else None
                 try:
                     collector.wait(30)
                 except subprocess.TimeoutExpired:

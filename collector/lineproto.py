@@ -60,6 +60,11 @@ def _head(name: str, tags: tuple[tuple[str, str], ...]) -> str:
     return escape_name(name) + "".join(f",{escape_key(k, 'tag key')}={escape_key(v)}" for k, v in tags)
 
 
+def series_head(name: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """Return `name,tag=v,...` escaped, for tags already sorted (cached: a series' tags repeat every run)."""
+    return _head(name, tags)
+
+
 @lru_cache(maxsize=4096)
 def _field_key(key: str) -> str:
     return escape_key(key, "field key")
@@ -70,4 +75,4 @@ def lines(points: Iterable[tuple[str, Mapping[str, str], Mapping[str, float], in
     return "".join(line(*p) + "\n" for p in points)
 
 
-__all__ = ["LineProtocolError", "escape_key", "escape_name", "line", "lines"]
+__all__ = ["LineProtocolError", "escape_key", "escape_name", "line", "lines", "series_head"]

@@ -2,9 +2,9 @@
 
 Order of work for ingest: authenticate from the header alone (401/403 before any byte of the body is read),
 read at most `max_body` bytes, gunzip incrementally with `zlib.decompressobj` and `max_length` (never more than
-`max_decompressed` bytes in memory: a gzip bomb costs a few MB, → 413), parse, validate (400 with the reason),
-skip the ranges already acknowledged, write the rest with the identity tags from the credential, record the
-range durably, answer 200. A database that is down or slow → 503 + Retry-After and nothing is acknowledged: the
+`max_decompressed` bytes in memory: a gzip bomb costs a few MB, → 413), parse and validate (400 with the
+reason) into line protocol with the identity tags from the credential (one pass: collector.decode), skip the
+ranges already acknowledged, write the rest, record the range durably, answer 200. A database that is down or slow → 503 + Retry-After and nothing is acknowledged: the
 agent keeps the batch in its spool and resends it (the collector keeps no queue of its own).
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import lineproto
 from .app_keys import ACKS, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
 from .auth import AuthError, Identity
-from .validate import PayloadError, Rules, check_heartbeat, check_ingest
+from .decode import decode_ingest, identity_suffix
+from .validate import PayloadError, Rules, check_heartbeat
 from .writer import DatabaseRejected, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ async def ingest(request: web.Request) -> web.Response:
     rules = Rules(config.tag_keys, int(config.database.retention * 1000), int(limits.max_future * 1000),
                   limits.max_measurements, limits.max_tag_value)
     try:
-        batch = check_ingest(parse_json(await read_body(request, limits.max_body, limits.max_decompressed)), rules)
+        batch = decode_ingest(await read_body(request, limits.max_body, limits.max_decompressed), rules,
+                              identity_suffix(who.province, who.commune, who.agent))
     except TooLarge as exc:
         metrics.batches_refused["too_large"] += 1
         return error(413, str(exc))
@@ -105,16 +106,14 @@ async def ingest(request: web.Request) -> web.Response:
     acks = app[ACKS]
     async with acks.lock(who.key, batch.spool):
         todo = acks.missing(who.key, batch.spool, batch.first, batch.last)
-        points = [p for p in batch.points if any(a <= p.seq <= b for a, b in todo)]
-        metrics.lines_skipped += len(batch.points) - len(points)
-        if points:
+        body, count, samples = batch.body(todo)
+        metrics.lines_skipped += len(batch.lines) - count
+        if count:
             try:
-                app[SERIES].check(who.key, points)
+                app[SERIES].admit(who.key, batch.series)
             except PayloadError as exc:
                 metrics.batches_refused["series_cap"] += 1
                 return error(400, str(exc))
-            ident = {"province": who.province, "commune": who.commune, "agent": who.agent}
-            body = lineproto.lines((p.name, {**p.tags, **ident}, p.fields, p.time) for p in points)
             try:
                 seconds = await app[WRITER].write(body)
             except DatabaseUnavailable as exc:
@@ -127,15 +126,15 @@ async def ingest(request: web.Request) -> web.Response:
                 metrics.db_errors += 1
                 log.error("%s", exc)
                 return error(500, "the database refused the batch: the province's administrator must look")
-            metrics.written(len(points), sum(len(p.fields) for p in points), seconds)
+            metrics.written(count, samples, seconds)
         try:
             await acks.record(who.key, batch.spool, batch.first, batch.last, evicted=batch.evicted)
         except Exception:  # noqa: BLE001 - written but not recorded: the resend is deduplicated by the database
             log.exception("cannot record the acknowledged range")
             return error(503, "cannot record the batch: retry", **{"Retry-After": str(limits.retry_after)})
     app[REGISTRY].seen(who, batch.agent, request.remote)
-    return web.json_response({"acked": [batch.first, batch.last], "duplicate": not points,
-                              "written": len(points), "server_time_ms": _now_ms()})
+    return web.json_response({"acked": [batch.first, batch.last], "duplicate": not count,
+                              "written": count, "server_time_ms": _now_ms()})
 
 
 async def heartbeat(request: web.Request) -> web.Response:

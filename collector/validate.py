@@ -197,8 +197,12 @@ class SeriesCap:
 
     def check(self, agent: str, points: list[Point]) -> None:
         """Admit the batch's series or raise PayloadError when the agent would exceed the limit."""
+        self.admit(agent, {(p.name, *sorted(p.tags.items())) for p in points})
+
+    def admit(self, agent: str, series: set[tuple]) -> None:
+        """Admit these series keys `(name, *sorted tag items)` or raise PayloadError past the limit."""
         seen = self._seen.setdefault(agent, set())
-        new = {(p.name, *sorted(p.tags.items())) for p in points} - seen
+        new = series - seen
         if len(seen) + len(new) > self.limit:
             raise PayloadError(f"this agent would have {len(seen) + len(new)} series: at most {self.limit} "
                                "(too many targets, or a tag that changes every run)")

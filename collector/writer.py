@@ -44,15 +44,15 @@ class Writer:
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="vm-write")
 
-    async def write(self, body: str) -> float:
+    async def write(self, body: str | bytes) -> float:
         """Write newline-separated lines (ms precision); return the seconds it took."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self._write, body)
 
-    def _write(self, body: str) -> float:
+    def _write(self, body: str | bytes) -> float:
         started = time.perf_counter()
         try:
-            self.api.write(bucket=self.config.bucket, org=self.config.org, record=body.encode(),
+            self.api.write(bucket=self.config.bucket, org=self.config.org, record=body if isinstance(body, bytes) else body.encode(),
                            write_precision=WritePrecision.MS)
         except ApiException as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
