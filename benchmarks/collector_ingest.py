@@ -114,8 +114,12 @@ def run_phase(name: str, url: str, plan: list, pids: dict[str, int], vm: Victori
               warm_path: str | None, deadline_s: float) -> dict:
     """Run one storm; return its figures (rates, latency, errors, CPU per process)."""
     rows0 = vm.rows_inserted()
-    cpu0 = {k: cpu_s(p) for k, p in pids.items()} | {"simulator": cpu_s()}
-    result = asyncio.run(fleet.storm(url, plan, ssl_context=ssl_context, deadline_s=deadline_s, warm_path=warm_path))
+    cpu0: dict[str, float] = {}
+
+    def start() -> None:  # after the TLS handshakes of the warm-up
+        cpu0.update({k: cpu_s(p) for k, p in pids.items()} | {"simulator": cpu_s()})
+    result = asyncio.run(fleet.storm(url, plan, ssl_context=ssl_context, deadline_s=deadline_s, warm_path=warm_path,
+                                     on_start=start))
     cpu1 = {k: cpu_s(p) for k, p in pids.items()} | {"simulator": cpu_s()}
     rows = vm.rows_inserted() - rows0
     seconds = result.seconds

@@ -4,15 +4,16 @@ Same contract as `collector.validate.check_ingest` (docs/wire.md), at a fraction
 
 - msgspec decodes the JSON into typed structs, checking types in C (integers are integers, fields are finite
   numbers — no strings, booleans, NaN or inf —, 1 to 64 fields, no unknown keys in a measurement);
-- a series' tags (name + tags as sent) are checked and escaped once, then found in a cache: the allowlist,
+- a series' tags (name + the tags' JSON text as sent) are checked and escaped once, then found in a cache: the allowlist,
   1–`max_tag_value` characters, no control characters, identity tags dropped;
 - fields are copied into the line as the JSON number text the agent sent (JSON numbers are valid line-protocol
   floats): their object is kept raw, decoded once for the checks, and its text is used when it holds no
   backslash or whitespace (otherwise the decoded floats are formatted);
-- seqs, names and timestamps are checked per measurement, with the same messages as `check_ingest`.
+- seqs, timestamps, field names and evicted ranges are checked for the whole batch at once.
 
-Anything msgspec refuses is validated again by `check_ingest`, whose message is the one the agent gets (and
-whose verdict stands: the fast path never accepts what the slow one refuses).
+Whatever the fast path refuses is validated again by `check_ingest`, whose message (the first problem, in order)
+is the one the agent gets; the fast path never accepts what `check_ingest` refuses (tests/unit/
+test_collector_decode.py checks both give the same answer).
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ from typing import Annotated, Any
 import msgspec
 
 from . import lineproto
-from .validate import (_FIELD, IDENTITY_TAGS, MAX_FIELDS, NAMES, RETENTION_MARGIN_MS, WIRE_VERSION, PayloadError,
+from .validate import (_FIELD, MAX_FIELDS, NAMES, RETENTION_MARGIN_MS, WIRE_VERSION, PayloadError,
                        Rules, check_ingest, check_tags)
 
 _MAX_FLOAT = 1.7976931348623157e308
 _Number = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]  # JSON has no NaN; 1e999 is out of range
 _Fields = Annotated[dict[str, _Number], msgspec.Meta(min_length=1, max_length=MAX_FIELDS)]
 _SPOOL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CACHE_MAX = 200_000  # series heads per tag rules; cleared when full (a pathological client only costs time)
-_UNSAFE = (b"\\", b" ", b"\t", b"\n", b"\r")  # in a fields object: take the decoded values instead of the text
+_CACHE_MAX = 100_000  # series heads per tag rules; cleared when full (a pathological client only costs time)
+_UNSAFE = re.compile(rb"[\\\s]")  # an escape or a space in the fields: format the decoded values instead
 
 
 class _Measurement(msgspec.Struct, forbid_unknown_fields=True):
@@ -42,7 +43,7 @@ class _Measurement(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     fields: msgspec.Raw
     time: int
-    tags: dict[str, str] = {}
+    tags: msgspec.Raw = msgspec.Raw(b"{}")  # decoded once per series (the cache key is its text)
     result: str | None = None
     detail: str | None = None
 
@@ -59,6 +60,7 @@ class _Payload(msgspec.Struct):
 
 _PAYLOAD = msgspec.json.Decoder(_Payload)
 _FIELDS = msgspec.json.Decoder(list[_Fields])
+_TAGS = msgspec.json.Decoder(dict[str, str])
 _good_fields: set[str] = set()
 _heads: dict[tuple, dict[tuple, tuple[bytes, tuple]]] = {}
 
@@ -98,83 +100,64 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
     """Return the validated batch as line protocol with `identity` (see identity_suffix); PayloadError otherwise."""
     try:
         payload = _PAYLOAD.decode(body)
-        fields_raw = [bytes(m.fields) for m in payload.measurements]
-        joined = b"[" + b",".join(fields_raw) + b"]"
+        items = payload.measurements
+        joined = b"[" + b",".join([m.fields for m in items]) + b"]"
         fields = _FIELDS.decode(joined)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return _slow(body, rules, identity, now_ms)
-    if payload.version != WIRE_VERSION:
-        raise PayloadError(f"unsupported wire version {payload.version!r}: this collector speaks {WIRE_VERSION}")
-    spool, first, last, items = payload.spool, payload.first, payload.last, payload.measurements
-    if not _SPOOL.match(spool):
-        raise PayloadError("spool must be the spool's id (letters, digits, '-', up to 64)")
-    if not items:
-        raise PayloadError("measurements must be a non-empty list")
-    if first < 1 or last - first + 1 != len(items):
-        raise PayloadError(f"first..last ({first}..{last}) must number the {len(items)} measurements, from 1")
-    if len(items) > rules.max_measurements:
-        raise PayloadError(f"{len(items)} measurements in one batch: at most {rules.max_measurements}")
-    evicted = _evicted(payload.evicted)
-    counts = [len(f) for f in fields]
-    for index, f in enumerate(fields):
-        if not f.keys() <= _good_fields:
-            _check_field_names(f, f"measurements[{index}]")
-    verbatim = not any(c in joined for c in _UNSAFE) and joined.count(b":") == sum(counts)  # no duplicate keys
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    oldest, newest = now_ms - rules.retention_ms + RETENTION_MARGIN_MS, now_ms + rules.max_future_ms
+    spool, first, last = payload.spool, payload.first, payload.last
+    times = [m.time for m in items]
+    # Checked for the whole batch at once; on any failure check_ingest finds the first problem and names it.
+    if (payload.version != WIRE_VERSION or not _SPOOL.match(spool) or not items or first < 1
+            or last - first + 1 != len(items) or len(items) > rules.max_measurements
+            or [m.seq for m in items] != list(range(first, last + 1))
+            or min(times) < now_ms - rules.retention_ms + RETENTION_MARGIN_MS or max(times) > now_ms + rules.max_future_ms
+            or not (set().union(*fields) <= _good_fields or _check_field_names(fields))
+            or len(payload.evicted) > 10_000 or any(not 1 <= a <= b for a, b in payload.evicted)):
+        return _slow(body, rules, identity, now_ms)
+    counts = [len(f) for f in fields]
+    if _UNSAFE.search(joined) or joined.count(b":") != sum(counts):  # escapes, spaces, repeated keys
+        texts = [_fields(f) for f in fields]
+    else:  # the agent's compact JSON: `{"up":1.0,"rtt_ms":12.5}` → `up=1.0,rtt_ms=12.5`, all at once
+        texts = joined[2:-2].replace(b'"', b"").replace(b":", b"=").split(b"},{")
     heads = _heads.setdefault((rules.tag_keys, rules.max_tag_value), {})
     if len(heads) > _CACHE_MAX:
         heads.clear()
+    tags = b"\0".join([m.tags for m in items]).split(b"\0")  # JSON text holds no NUL byte
     lines, series = [], set()
-    for index, m in enumerate(items):
-        if m.seq != first + index:
-            raise PayloadError(f"measurements[{index}]: seq {m.seq!r} where {first + index} was expected (gap-free)")
-        if m.name not in NAMES:
-            raise PayloadError(f"measurements[{index}]: name {m.name!r} is not one of {', '.join(sorted(NAMES))}")
-        stamp = m.time
-        if stamp < oldest or stamp > newest:
-            _check_time(stamp, oldest, newest, now_ms, f"measurements[{index}]")
-        key = (m.name, *m.tags.items())
-        head = heads.get(key)
+    for m, tag_text, text, stamp in zip(items, tags, texts, times):
+        head = heads.get((m.name, tag_text))
         if head is None:
-            head = heads[key] = _head(m.name, m.tags, f"measurements[{index}]", rules)
+            try:
+                head = heads[(m.name, tag_text)] = _head(m.name, tag_text, rules)
+            except (PayloadError, msgspec.DecodeError, msgspec.ValidationError):
+                return _slow(body, rules, identity, now_ms)
         series.add(head[1])
-        text = fields_raw[index][1:-1].replace(b'"', b"").replace(b":", b"=") if verbatim else _fields(fields[index])
         lines.append(b"%s%s %s %d\n" % (head[0], identity, text, stamp))
-    return Ingest(spool, first, last, lines, counts, series, evicted, payload.agent)
+    return Ingest(spool, first, last, lines, counts, series, payload.evicted, payload.agent)
 
 
-def _head(name: str, tags: dict[str, str], where: str, rules: Rules) -> tuple[bytes, tuple]:
-    """Check a series' tags; return (its escaped line head without identity, its SeriesCap key)."""
-    clean = tuple(sorted(check_tags(tags, where, rules).items()))
+def _head(name: str, tag_text: bytes, rules: Rules) -> tuple[bytes, tuple]:
+    """Check a series' name and tags (JSON); return (its escaped line head without identity, its SeriesCap key)."""
+    if name not in NAMES:
+        raise PayloadError(f"name {name!r}")  # check_ingest says it properly
+    clean = tuple(sorted(check_tags(_TAGS.decode(tag_text), "", rules).items()))
     return lineproto.series_head(name, clean).encode(), (name, *clean)
 
 
-def _check_field_names(fields: dict[str, float], where: str) -> None:
-    for key in fields:
-        if not _FIELD.match(key):
-            raise PayloadError(f"{where}: field name {key!r} is not lowercase letters, digits and '_'")
-        if len(_good_fields) < 10_000:
-            _good_fields.add(key)
-
-
-def _check_time(stamp: int, oldest: int, newest: int, now_ms: int, where: str) -> None:
-    if stamp < oldest:
-        raise PayloadError(f"{where}: time {stamp} is older than the database keeps (retention)")
-    raise PayloadError(f"{where}: time {stamp} is {(stamp - now_ms) / 1000:.0f} s in the future: check the agent's clock")
+def _check_field_names(fields: list[dict[str, float]]) -> bool:
+    """Return whether every field name is valid (remembering the valid ones)."""
+    names = set().union(*fields)
+    if not all(_FIELD.match(key) for key in names):
+        return False
+    if len(_good_fields) < 10_000:
+        _good_fields.update(names)
+    return True
 
 
 def _fields(fields: dict[str, float]) -> bytes:
     return ",".join(f"{k}={v!r}" for k, v in fields.items()).encode()
-
-
-def _evicted(evicted: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    if len(evicted) > 10_000:
-        raise PayloadError("evicted must be a list of [first, last] ranges")
-    for pair in evicted:
-        if not 1 <= pair[0] <= pair[1]:
-            raise PayloadError(f"evicted range {list(pair)!r} must be [first, last] with 1 <= first <= last")
-    return evicted
 
 
 def _slow(body: bytes, rules: Rules, identity: bytes, now_ms: int | None) -> Ingest:

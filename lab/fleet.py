@@ -228,13 +228,15 @@ class StormResult:
 
 async def storm(url: str, plan: list[tuple[dict[str, str], list[bytes], list[int], list[int]]], *,
                 ssl_context: ssl.SSLContext | None = None, deadline_s: float = 120.0, max_tries: int = 20,
-                retry_cap_s: float = 5.0, warm_path: str | None = None, timeout_s: float = 60.0) -> StormResult:
+                retry_cap_s: float = 5.0, warm_path: str | None = None, timeout_s: float = 60.0,
+                on_start: Callable[[], None] | None = None) -> StormResult:
     """Post each plan entry (headers, bodies, lines, samples) in order over its own connection, all at once.
 
     Every entry gets one `aiohttp` session with a one-connection pool (an agent's HTTP connection). When
     `warm_path` is given each connection first GETs it (TLS handshakes before the clock starts). A 429/503 is
     retried after its Retry-After (capped at `retry_cap_s`) up to `max_tries` times; other statuses and errors are
-    counted and the next batch goes. Stops at `deadline_s`.
+    counted and the next batch goes. Stops at `deadline_s`. `on_start()` is called when the clock starts (after the
+    warm-up), e.g. to read CPU counters.
     """
     result = StormResult()
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -252,6 +254,8 @@ async def storm(url: str, plan: list[tuple[dict[str, str], list[bytes], list[int
                 async with sem:
                     await warm(session)
             await asyncio.gather(*(warm_one(s) for s in sessions))
+        if on_start is not None:
+            on_start()
         result.started = time.perf_counter()
         stop_at = result.started + deadline_s
 
