@@ -221,6 +221,16 @@ class Pipeline:
             return None
         return next((r for r in rows if r["agent"] == AGENT_ID), None)
 
+    def collector_metric(self, name: str) -> float:
+        """Return one value from the collector's /metrics (0 when absent)."""
+        def get() -> str:
+            with urllib.request.urlopen(self.collector.url + "/metrics", timeout=2) as r:
+                return r.read().decode()
+        for line in self.ns.call(get).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
     def _producers(self) -> list[tuple[str, float]]:
         return [("host", HOST_INTERVAL_S), ("self", HOST_INTERVAL_S)]
 
