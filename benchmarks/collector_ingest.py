@@ -87,7 +87,7 @@ def collector_config(tmp: Path, vm_url: str, port: int, pki: object, http: bool)
 def start_collector(config: Path, url: str, log: Path, ssl_context: object, profile: str | None = None) -> subprocess.Popen:
     """Start `cmon collector run -c config` (under `py-spy record` with `profile`) and wait for /health."""
     import ssl as _ssl
-    spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "250", "--idle", "--threads", "-f", "raw", "-o", profile, "--"] if profile else []
+    spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--gil", "-f", "raw", "-o", profile, "--"] if profile else []
     cmd = [*spy, str(Path(sys.executable).parent / "cmon"), "--log-level", "warning", "collector", "run", "-c", str(config)]
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
