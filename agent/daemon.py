@@ -97,6 +97,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         return {"version": version, "config_version": config_hash, "spool_rows": spool.depth(),
                 "dropped_total": spool.dropped_total, "clock_offset_ms": round(clock.offset_ms, 1)}
 
+    if shipper is not None:
+        shipper.agent_info = info  # the wire's `agent` block in every request: the collector's fleet registry
+
     async def commit(measurements: list[Measurement]) -> None:
         if not measurements:
             return
