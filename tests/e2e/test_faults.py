@@ -15,7 +15,9 @@ from __future__ import annotations
 import signal
 import time
 
-from e2e.harness import Pipeline
+import pytest
+
+from e2e.harness import FAKETIME_LIB, Pipeline, faketime_env
 
 
 def _run_around(pipeline: Pipeline, fault, warm_s: float = 3.0, settle_s: float = 1.0) -> dict:
@@ -99,3 +101,21 @@ def test_agent_killed_mid_batch(pipeline: Pipeline) -> None:
     assert [a.clean for a in pipeline.agents] == [False, True]
     # the batch in flight at the kill was written, then resent by the new process and skipped
     assert pipeline.collector_metric("cmon_collector_lines_skipped_total") >= 1
+
+
+@pytest.mark.parametrize("offset", ["+10m", "-10m"])
+def test_agent_clock_ten_minutes_wrong(pipeline: Pipeline, offset: str) -> None:
+    """The agent's wall clock 10 minutes off (libfaketime, LD_PRELOAD: time.time() really is wrong) — not compressed.
+
+    The agent measures the offset from the collector's X-Server-Time-Ms before its first probe and corrects its
+    rounds and timestamps: VM's samples sit on the schedule's rounds in TRUE time (within 0.1 s early / 0.6 s
+    late), none is refused as "in the future" (+10 min is exactly the collector's `max_future`).
+    """
+    if not FAKETIME_LIB.exists():
+        pytest.skip("libfaketime is not installed (apt-get install faketime)")
+    pipeline.agent_env = faketime_env(offset)
+    summary = _run_around(pipeline, lambda: None, warm_s=6.0)
+    assert summary["local-tcp/-"] >= 6, summary
+    skew_ms = pipeline.stopped_row["clock_skew_ms"]
+    expected = -600_000 if offset.startswith("+") else 600_000
+    assert abs(skew_ms - expected) < 1_000, pipeline.stopped_row
