@@ -114,7 +114,10 @@ def check_fields(fields: Any, where: str) -> dict[str, float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PayloadError(f"{where}: field {key!r} is a {type(value).__name__}: fields are numbers only "
                                "(VictoriaMetrics stores strings as 0)")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit integer
+            number = math.inf
         if not math.isfinite(number):
             raise PayloadError(f"{where}: field {key!r} is {value}: only finite numbers can be stored")
         out[key] = number

@@ -62,6 +62,7 @@ def test_fast_path_gives_the_slow_paths_lines(separators):
     lambda d: d["measurements"][3]["tags"].update(target=5),
     lambda d: d["measurements"][3]["fields"].update(up="1"), lambda d: d["measurements"][3]["fields"].update(up=True),
     lambda d: d["measurements"][3]["fields"].update({"Up": 1.0}),
+    lambda d: d["measurements"][3]["fields"].update(up=10**400),
     lambda d: d["measurements"][3].update(fields={}),
     lambda d: d["measurements"][3].update(fields={f"f{i}": 1.0 for i in range(65)}),
     lambda d: d["measurements"][3].update(time=1.5), lambda d: d["measurements"][3].update(time=0),
