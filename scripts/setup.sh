@@ -13,6 +13,7 @@ APT_PACKAGES=(
   dovecot-imapd                                   # lab: the province IMAP server
   victoria-metrics                                # the time-series database
   prometheus-blackbox-exporter                    # benchmark peer
+  prometheus-node-exporter                        # benchmark peer (agent footprint)
   systemd                                         # systemd-analyze verify for the unit files
   openssl ca-certificates git
 )
