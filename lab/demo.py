@@ -56,7 +56,7 @@ def pipeline(lab: Lab, interval: float, cut_s: float) -> None:
     agent.wait(30)
     time.sleep(2)
     samples = stack.probe_samples()
-    print(f"\nwhat the province has in VictoriaMetrics (probe_up samples per target and line):")
+    print("\nwhat the province has in VictoriaMetrics (probe_up samples per target and line):")
     print(f"  {'TARGET':16} {'LINE':8} {'SAMPLES':>7} {'UP':>4} {'DOWN':>5}")
     for (target, line), values in sorted(samples.items()):
         up = sum(1 for v in values if v == 1)
