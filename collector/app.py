@@ -19,7 +19,8 @@ from aiohttp import web
 
 from . import routes
 from .acks import Acks
-from .app_keys import ACKS, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
+from .admission import Admission
+from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
 from .auth import Auth
 from .config import CollectorConfig
 from .db import connect
@@ -40,6 +41,7 @@ def create_app(config: CollectorConfig) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[SERIES] = SeriesCap(config.limits.max_series_per_agent)
+    app[ADMISSION] = Admission(config.limits.max_inflight, config.limits.admission_wait)
     app.on_response_prepare.append(_stamp)
     app.cleanup_ctx.append(_state)
     routes.setup(app)

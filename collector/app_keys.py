@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .acks import Acks
+from .admission import Admission
 from .auth import Auth
 from .config import CollectorConfig
 from .metrics import Metrics
@@ -19,3 +20,4 @@ REGISTRY = web.AppKey("registry", Registry)
 WRITER = web.AppKey("writer", Writer)
 METRICS = web.AppKey("metrics", Metrics)
 SERIES = web.AppKey("series", SeriesCap)
+ADMISSION = web.AppKey("admission", Admission)

@@ -5,6 +5,13 @@ is checked with `hmac.compare_digest` against the stored SHA-256 — the plainte
 single use: enrollment consumes it with one conditional UPDATE (`used_ms IS NULL AND expires_ms > now`), so of
 two agents racing one token exactly one wins, also across processes. Re-enrolling an agent (same commune and
 id) revokes its previous credential; `revoke()` revokes an agent's credentials until it is enrolled again.
+
+Successful checks are cached (`CACHE_TTL_S` = 10 s, at most `CACHE_MAX` entries) by the credential's id with
+the stored hash, so a request costs a SHA-256 and a dict lookup instead of an SQLite query; the secret itself
+is never kept. Revocation still takes effect promptly: `revoke()` and `enroll()` in this process empty the
+cache at once; a revocation by another process (`cmon collector revoke`) is noticed within `REVOKED_POLL_S`
+(1 s: the number of revoked credentials is read at most once a second and the cache emptied when it changed);
+anything else (a state file edited by hand) within the TTL.
 """
 
 from __future__ import annotations
@@ -16,10 +23,14 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 TOKEN_KIND, CREDENTIAL_KIND = "cmt", "cmc"
 AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _DUMMY = hashlib.sha256(b"no such id").hexdigest()  # compared when the id is unknown: same work either way
+CACHE_TTL_S = 10.0  # a cached successful check is trusted this long
+CACHE_MAX = 50_000  # entries (one per live agent); the oldest goes first
+REVOKED_POLL_S = 1.0  # how often revocations by other processes are looked for
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -78,10 +89,40 @@ def _matches(secret: str, stored: str | None) -> bool:
 class Auth:
     """Tokens and credentials in the collector's state file."""
 
-    def __init__(self, conn: sqlite3.Connection, province: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, province: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.conn = conn
         self.province = province
         conn.executescript(SCHEMA)
+        self.clock = clock
+        self._cache: dict[str, tuple[str, Identity, float]] = {}  # credential id → (stored hash, who, expiry)
+        self._revoked = self._revoked_count()
+        self._polled = clock()
+
+    def _revoked_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM credentials WHERE revoked_ms IS NOT NULL").fetchone()[0]
+
+    def forget(self) -> None:
+        """Empty the cache of successful checks (after a revocation)."""
+        self._cache.clear()
+
+    def _cached(self, ident: str, secret: str) -> Identity | None:
+        """Return the cached Identity of a credential whose secret matches, None to ask the database."""
+        now = self.clock()
+        if now - self._polled >= REVOKED_POLL_S:
+            self._polled = now
+            revoked = self._revoked_count()
+            if revoked != self._revoked:
+                self._revoked = revoked
+                self.forget()
+        entry = self._cache.get(ident)
+        if entry is None or entry[2] < now or not hmac.compare_digest(_hash(secret), entry[0]):
+            return None
+        return entry[1]
+
+    def _remember(self, ident: str, stored: str, who: Identity) -> None:
+        if len(self._cache) >= CACHE_MAX:
+            del self._cache[next(iter(self._cache))]
+        self._cache[ident] = (stored, who, self.clock() + CACHE_TTL_S)
 
     def create_token(self, commune: str, ttl_s: float, now: float | None = None) -> str:
         """Issue a one-time enrollment token for `commune`, valid `ttl_s` seconds; return it (shown once)."""
@@ -125,6 +166,7 @@ class Auth:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.forget()  # the agent's previous credential was just revoked
         return credential, Identity(self.province, commune, agent)
 
     def authenticate(self, header: str | None) -> Identity:
@@ -132,6 +174,8 @@ class Auth:
         if not header or not header.startswith("Bearer "):
             raise AuthError("missing credential: send Authorization: Bearer <credential>")
         parts = _split(header[7:], CREDENTIAL_KIND)
+        if parts is not None and (who := self._cached(*parts)) is not None:
+            return who
         row = self.conn.execute(
             "SELECT hash, province, commune, agent, revoked_ms FROM credentials WHERE id = ?",
             (parts[0] if parts else "",),
@@ -140,7 +184,9 @@ class Auth:
             raise AuthError("unknown credential")
         if row[4] is not None:
             raise AuthError("the credential is revoked", 403)
-        return Identity(row[1], row[2], row[3])
+        who = Identity(row[1], row[2], row[3])
+        self._remember(parts[0], row[0], who)
+        return who
 
     def revoke(self, agent: str, now: float | None = None) -> int:
         """Revoke the live credentials of `agent` (an id, or `commune/id` when ids repeat); return how many."""
@@ -153,10 +199,12 @@ class Auth:
                 raise ValueError(f"agent {ident!r} exists in several communes ({', '.join(communes)}): "
                                  f"write COMMUNE/{ident}")
             commune = communes[0] if communes else ""
-        return self.conn.execute(
+        count = self.conn.execute(
             "UPDATE credentials SET revoked_ms = ? WHERE agent = ? AND commune = ? AND revoked_ms IS NULL",
             (now_ms, ident, commune),
         ).rowcount
+        self.forget()
+        return count
 
 
 __all__ = ["AGENT_ID", "Auth", "AuthError", "Identity"]

@@ -84,6 +84,8 @@ class LimitsSection(StrictModel):
     max_future: Duration = 600.0  # timestamps further ahead than this are refused (the agent corrects its clock)
     max_tag_value: int = Field(default=200, ge=1, le=4096)  # characters
     retry_after: int = Field(default=30, ge=1, le=3600)  # seconds, sent with 503 when the database is unavailable
+    max_inflight: int = Field(default=32, ge=1, le=4096)  # ingest requests past authentication at once; more → 503
+    admission_wait: float = Field(default=0.05, ge=0, le=5)  # seconds a returning agent may wait for a place
     extra_tag_keys: list[Slug] = Field(default_factory=list)  # allowed besides DEFAULT_TAG_KEYS
 
 

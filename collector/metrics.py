@@ -19,6 +19,7 @@ class Metrics:
     lines_skipped: int = 0  # already written before (a resend)
     batches_refused: Counter = field(default_factory=Counter)  # reason class → count
     db_errors: int = 0
+    shed: int = 0  # ingest requests answered 503 + Retry-After by the admission cap (body not read)
     write_buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
     write_count: int = 0
     write_sum: float = 0.0
@@ -37,8 +38,8 @@ class Metrics:
             if seconds <= bound:
                 self.write_buckets[i] += 1
 
-    def render(self, agents: int) -> str:
-        """Return the Prometheus text exposition."""
+    def render(self, agents: int, inflight: int = 0, waiting: int = 0, service_s: float = 0.0) -> str:
+        """Return the Prometheus text exposition (`inflight`, `waiting`, `service_s`: the admission gate's state)."""
         out = [
             "# HELP cmon_collector_requests_total HTTP requests by endpoint and status.",
             "# TYPE cmon_collector_requests_total counter",
@@ -71,6 +72,18 @@ class Metrics:
             f'cmon_collector_write_seconds_bucket{{le="+Inf"}} {self.write_count}',
             f"cmon_collector_write_seconds_sum {self.write_sum:.6f}",
             f"cmon_collector_write_seconds_count {self.write_count}",
+            "# HELP cmon_collector_shed_total Ingest requests shed (503 + Retry-After, body not read): overload.",
+            "# TYPE cmon_collector_shed_total counter",
+            f"cmon_collector_shed_total {self.shed}",
+            "# HELP cmon_collector_ingest_inflight Ingest requests being processed (at most limits.max_inflight).",
+            "# TYPE cmon_collector_ingest_inflight gauge",
+            f"cmon_collector_ingest_inflight {inflight}",
+            "# HELP cmon_collector_ingest_waiting Agents told to come back later (tickets of the retry queue).",
+            "# TYPE cmon_collector_ingest_waiting gauge",
+            f"cmon_collector_ingest_waiting {waiting}",
+            "# HELP cmon_collector_ingest_service_seconds Moving average of an admitted ingest request's time inside.",
+            "# TYPE cmon_collector_ingest_service_seconds gauge",
+            f"cmon_collector_ingest_service_seconds {service_s:.6f}",
             "# HELP cmon_collector_agents Agents in the fleet registry.",
             "# TYPE cmon_collector_agents gauge",
             f"cmon_collector_agents {agents}",

@@ -1,7 +1,8 @@
 """HTTP endpoints (docs/wire.md): ingest, heartbeat, enroll, the fleet registry, health and /metrics.
 
 Order of work for ingest: authenticate from the header alone (401/403 before any byte of the body is read),
-read at most `max_body` bytes, gunzip incrementally with `zlib.decompressobj` and `max_length` (never more than
+pass the admission gate (collector.admission: past `limits.max_inflight` requests in flight → 503 with a
+Retry-After that spreads the retries, still before any byte of the body is read), read at most `max_body` bytes, gunzip incrementally with `zlib.decompressobj` and `max_length` (never more than
 `max_decompressed` bytes in memory: a gzip bomb costs a few MB, → 413), parse and validate (400 with the
 reason) into line protocol with the identity tags from the credential (one pass: collector.decode), skip the
 ranges already acknowledged, write the rest, record the range durably, answer 200. A database that is down or slow → 503 + Retry-After and nothing is acknowledged: the
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app_keys import ACKS, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
+from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
 from .auth import AuthError, Identity
 from .decode import decode_ingest, identity_suffix
 from .validate import PayloadError, Rules, check_heartbeat
@@ -84,12 +85,27 @@ def _identity(request: web.Request) -> Identity:
 
 async def ingest(request: web.Request) -> web.Response:
     """POST /api/v1/ingest: write a contiguous batch once; see the module docstring."""
-    app, config = request.app, request.app[CONFIG]
-    metrics = app[METRICS]
+    app = request.app
     try:
         who = _identity(request)
     except AuthError as exc:
         return error(exc.status, str(exc))
+    admission = app[ADMISSION]
+    retry = await admission.enter(who.key)
+    if retry is not None:  # overloaded: the body stays unread (aiohttp drains it, keeping the connection)
+        app[METRICS].shed += 1
+        return error(503, f"the collector is busy: resend in {retry} s", **{"Retry-After": str(retry)})
+    started = time.perf_counter()
+    try:
+        return await _ingest(request, who)
+    finally:
+        admission.leave(time.perf_counter() - started)
+
+
+async def _ingest(request: web.Request, who: Identity) -> web.Response:
+    """Read, check, write and acknowledge an admitted batch."""
+    app, config = request.app, request.app[CONFIG]
+    metrics = app[METRICS]
     limits = config.limits
     rules = Rules(config.tag_keys, int(config.database.retention * 1000), int(limits.max_future * 1000),
                   limits.max_measurements, limits.max_tag_value)
@@ -187,7 +203,9 @@ async def agents(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: the collector's own health."""
-    text = request.app[METRICS].render(len(request.app[REGISTRY].agents()))
+    admission = request.app[ADMISSION]
+    text = request.app[METRICS].render(len(request.app[REGISTRY].agents()), admission.inflight, admission.waiting,
+                                         admission.service_s)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

@@ -14,8 +14,9 @@ Reusable by benchmarks and tests:
   and, for a side-by-side baseline, the same samples as gzip'd line protocol with the identity tags the
   collector would add. Generated in worker processes and before any timing, so the load loop costs little.
 - `storm(url, plan)` posts the bodies with one HTTP connection per agent, every agent as fast as it can
-  (a backfill storm), honouring 429/503 + Retry-After, bounded by a request count per batch and a deadline;
-  it records each request's status and latency.
+  (a backfill storm), honouring 429/503 + Retry-After as agent/shipper.py does (the full wait plus up to 10 %
+  late jitter), resending until the batch is accepted or the deadline passes; it records each request's status
+  and latency (the 503s included) and when the last batch was accepted (the storm's drain time).
 """
 
 from __future__ import annotations
@@ -215,7 +216,9 @@ class StormResult:
     requests: list[tuple[int, float, int]] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
-    retries: int = 0
+    last_ok: float = 0.0  # when the last batch was accepted (perf_counter)
+    retries: int = 0  # 429/503 answers, each followed by a resend after its Retry-After
+    retry_wait_s: float = 0.0  # total time agents spent waiting for Retry-After
     errors: dict[str, int] = field(default_factory=dict)
     lines_ok: int = 0
     samples_ok: int = 0
@@ -225,18 +228,24 @@ class StormResult:
         """Return the storm's wall time."""
         return self.ended - self.started
 
+    @property
+    def drained_s(self) -> float:
+        """Return the time from the start to the last accepted batch."""
+        return self.last_ok - self.started
+
 
 async def storm(url: str, plan: list[tuple[dict[str, str], list[bytes], list[int], list[int]]], *,
-                ssl_context: ssl.SSLContext | None = None, deadline_s: float = 120.0, max_tries: int = 20,
-                retry_cap_s: float = 5.0, warm_path: str | None = None, timeout_s: float = 60.0,
+                ssl_context: ssl.SSLContext | None = None, deadline_s: float = 120.0, max_tries: int = 10_000,
+                retry_cap_s: float = 3600.0, warm_path: str | None = None, timeout_s: float = 60.0,
                 on_start: Callable[[], None] | None = None) -> StormResult:
     """Post each plan entry (headers, bodies, lines, samples) in order over its own connection, all at once.
 
     Every entry gets one `aiohttp` session with a one-connection pool (an agent's HTTP connection). When
     `warm_path` is given each connection first GETs it (TLS handshakes before the clock starts). A 429/503 is
-    retried after its Retry-After (capped at `retry_cap_s`) up to `max_tries` times; other statuses and errors are
-    counted and the next batch goes. Stops at `deadline_s`. `on_start()` is called when the clock starts (after the
-    warm-up), e.g. to read CPU counters.
+    resent after its Retry-After (capped at `retry_cap_s`) plus up to 10 % (at most 5 s) of jitter, as
+    agent/shipper.py waits, up to `max_tries` times; other statuses and errors are counted and the next batch goes.
+    Nothing is sent after `deadline_s`. `on_start()` is called when the clock starts (after the warm-up), e.g. to
+    read CPU counters.
     """
     result = StormResult()
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -280,11 +289,14 @@ async def storm(url: str, plan: list[tuple[dict[str, str], list[bytes], list[int
                     if ok:
                         result.lines_ok += n_lines
                         result.samples_ok += n_samples
+                        result.last_ok = time.perf_counter()
                         break
                     if status in (429, 503):
                         result.retries += 1
-                        wait = float(retry_after) if retry_after and retry_after.isdigit() else 1.0
-                        await asyncio.sleep(min(wait, retry_cap_s) * random.uniform(0.5, 1.0))
+                        wait = min(float(retry_after) if retry_after and retry_after.isdigit() else 1.0, retry_cap_s)
+                        wait += random.uniform(0, min(5.0, wait * 0.1))  # agent/shipper.py's jitter
+                        result.retry_wait_s += wait
+                        await asyncio.sleep(wait)
                         continue
                     result.errors[f"http {status}"] = result.errors.get(f"http {status}", 0) + 1
                     break
