@@ -3,7 +3,8 @@
 `run_agent(config, stop)` wires:
 - the Scheduler (probes, host health, self-metrics, heartbeats) whose measurements are committed to the spool
   the moment each run ends, their times corrected by the measured clock offset;
-- the Shipper, draining the spool to the collector (when `collector:` is configured and the agent enrolled);
+- the Shipper, draining the spool to the collector (when `collector:` is configured and the agent enrolled),
+  live data a few seconds at a time (`_linger`: 5 s, at most a quarter of the shortest interval);
 - on `stop` (SIGTERM/SIGINT, or the Windows service's stop): the scheduler stops, the shipper gets a few
   seconds to send what is left, and a `stopping` heartbeat tells the collector this is a PC switched off,
   not a commune gone dark.
@@ -32,7 +33,7 @@ from .host import HostSampler
 from .runner import identity_tags
 from .scheduler import Scheduler
 from .selfmetrics import agent_measurement, config_version
-from .shipper import Batch, ClockOffset, Shipper
+from .shipper import LINGER_S, Batch, ClockOffset, Shipper
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         scheduler.stop()
         await sched_task
         if ship_task is not None:
+            shipper.flush()  # no lingering: what is spooled goes now
             await _drain(spool, ship_task, STOP_DRAIN_S)
             await shipper.heartbeat("stopping", timeout=STOP_HEARTBEAT_S)
     close = getattr(spool, "close", None)
@@ -180,7 +182,14 @@ def _make_shipper(config: AgentConfig, spool: SpoolAdapter, clock: ClockOffset) 
         ssl_context=ssl_context(credential, ca_file) if url.startswith("https") else None,
         timeout=collector.timeout, backlog_rate=collector.backlog_rate, batch_max=collector.batch_max,
         evictions=spool.evictions, evictions_reported=spool.evictions_reported, clock=clock,
+        linger=_linger(config),
     )
+
+
+def _linger(config: AgentConfig) -> float:
+    """Return how long live data waits for company: LINGER_S, at most a quarter of the shortest interval."""
+    intervals = [t.config.interval for t in config.targets] + [config.schedule.host_interval]
+    return min(LINGER_S, min(intervals) / 4)
 
 
 async def _drain(spool: Any, ship_task: asyncio.Task, seconds: float) -> None:

@@ -11,6 +11,9 @@
 - Every response carries `X-Server-Time-Ms`: `ClockOffset` keeps the offset measured by the fastest recent
   exchange (the NTP idea: server time minus the midpoint of the request), which the daemon adds to the times
   of new measurements and reports as `clock_skew_ms`.
+- Live data is sent in small batches, not one request per measurement: once woken by a new measurement the
+  shipper lingers `linger` seconds (default 5 s, like Prometheus remote write's batch deadline) so the runs of
+  those seconds share one request; `flush()` (a clean stop) ends the wait at once. The backlog is not delayed.
 - Requests go over whichever line works: the OS's default route (the dual-WAN router fails over); the shipper
   does not pin a line, so it follows the router without configuration.
 """
@@ -41,7 +44,10 @@ WIRE_VERSION = 1
 LIVE_AGE_S = 120.0
 # Retry-After is honoured up to this long (a broken header must not park the agent for days).
 MAX_RETRY_AFTER_S = 3600.0
-IDLE_POLL_S = 1.0
+# An idle shipper is woken by each commit (`wake`); the poll is only a safety net.
+IDLE_POLL_S = 30.0
+# Live data waits this long after the first new measurement, so one request carries a few seconds' runs.
+LINGER_S = 5.0
 
 
 class SpoolLike(Protocol):
@@ -162,12 +168,14 @@ class Shipper:
     timeout: float = 20.0
     backlog_rate: float = 32_000.0  # bytes/s of request body for backlog batches
     batch_max: int = 500
+    linger: float = LINGER_S  # seconds live data waits for company after a wake-up (0: ship at once)
     agent_info: Callable[[], dict] = dict  # the wire's "agent" block
     evictions: Callable[[], list[list[int]]] = list  # ranges evicted and not yet reported
     evictions_reported: Callable[[list[list[int]]], Any] = lambda ranges: None
     clock: ClockOffset = field(default_factory=ClockOffset)
     stats: ShipperStats = field(default_factory=ShipperStats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    flushing: asyncio.Event = field(default_factory=asyncio.Event)  # set by flush(): no more lingering
     _session: aiohttp.ClientSession | None = None
     _backlog_free_at: float = 0.0
 
@@ -183,19 +191,26 @@ class Shipper:
             await self._session.close()
 
     async def run(self) -> None:
-        """Ship forever: the next batch as soon as there is one, retrying with backoff; cancel to stop."""
+        """Ship forever: batch after batch while there are any, retrying with backoff; cancel to stop.
+
+        When the spool is empty, wait for `wake` (a commit), then linger so the next request carries more.
+        """
         while True:
-            async for attempt in AsyncRetrying(  # a fresh backoff for each batch
-                retry=retry_if_exception_type(ShipError), wait=_wait, before_sleep=self._log_retry, reraise=True
-            ):
-                with attempt:
-                    shipped = await self.ship_next()
-            if not shipped:
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
-                except TimeoutError:
-                    pass
+            shipped = True
+            while shipped:
+                async for attempt in AsyncRetrying(  # a fresh backoff for each batch
+                    retry=retry_if_exception_type(ShipError), wait=_wait, before_sleep=self._log_retry, reraise=True
+                ):
+                    with attempt:
+                        self.wake.clear()  # before looking: a commit from now on wakes the wait below
+                        shipped = await self.ship_next()
+            if await _wait_event(self.wake, IDLE_POLL_S) and self.linger > 0:
+                await _wait_event(self.flushing, self.linger)
+
+    def flush(self) -> None:
+        """Ship what is spooled now and stop lingering from here on (a clean stop)."""
+        self.flushing.set()
+        self.wake.set()
 
     async def ship_next(self) -> bool:
         """Ship the spool's next batch; return False when there was none. Raises ShipError to retry later."""
@@ -319,6 +334,17 @@ class Shipper:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0
         log.info("shipping paused %.1f s (attempt %d): %s", wait, state.attempt_number, exc)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to `timeout` s for `event`; return whether it is set (no task per wait, unlike wait_for)."""
+    if not event.is_set():
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+    return event.is_set()
 
 
 def _reason(answer: Any) -> str:
