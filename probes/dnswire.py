@@ -22,7 +22,6 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
-import dns.resolver
 
 from .base import ProbeContext
 
@@ -41,6 +40,8 @@ class DnsFailure(Exception):
 @lru_cache(maxsize=1)
 def system_resolvers() -> tuple[str, ...]:
     """Return the machine's DNS servers (resolv.conf on Linux, the registry on Windows)."""
+    import dns.resolver  # only here: it pulls in dns.query, ssl, DoH/DoQ support (~1.5 MiB) the probes never use
+
     try:
         return tuple(dns.resolver.Resolver(configure=True).nameservers)
     except dns.resolver.NoResolverConfiguration:
