@@ -43,6 +43,8 @@ VM_PORT = 8428
 NODE_PORT, BLACKBOX_PORT = 9100, 9115
 INTERVAL_S = 30.0
 CMON = str(Path(sys.executable).with_name("cmon"))
+# The agent's environment as the systemd unit sets it (agent/service/systemd/commune-monitor-agent.service).
+AGENT_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 # What the lab's servers answer (lab/servers/web.py; credentials in lab.servers.province.CREDENTIALS).
 LAB_TEXTS = {"ioffice-web": "Hệ thống quản lý văn bản", "ioffice-login": "Xin chào, Văn thư",
@@ -318,7 +320,8 @@ def run(args: argparse.Namespace) -> None:
 
         code = Path(args.agent_code).resolve()
         agent = start(lab, "pc", [sys.executable, "-m", "agent.cli", "--log-level", "warning", "agent", "run", "-c",
-                                  str(agent_yaml)], work / "agent.log", cwd=work, env=dict(os.environ, PYTHONPATH=str(code)))
+                                  str(agent_yaml)], work / "agent.log", cwd=work,
+                      env=dict(os.environ, PYTHONPATH=str(code), **AGENT_ENV))
         node = start(lab, "pc", [NODE_EXPORTER_BIN, f"--web.listen-address=127.0.0.1:{NODE_PORT}"], work / "node.log")
         blackbox = start(lab, "pc", [BLACKBOX_BIN, f"--config.file={work / 'blackbox.yml'}",
                                      f"--web.listen-address=127.0.0.1:{BLACKBOX_PORT}"], work / "blackbox.log")
