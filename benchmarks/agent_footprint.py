@@ -33,53 +33,15 @@ from typing import Any
 import yaml
 
 from lab import Lab, LabError, addresses as A
+from lab.stack import COLLECTOR_ADDR, COLLECTOR_PORT, STANDARD_PROFILE as PROFILE, VM_PORT, lab_profile
 from benchmarks.common import REPO_ROOT, BLACKBOX_BIN, fmt, md_table, write_results
 
-PROFILE = REPO_ROOT / "configs" / "commune-standard.yaml"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
-COLLECTOR_ADDR = "198.51.100.100"  # added to dc: the collector is a province server like the others
-COLLECTOR_PORT = 8080
-VM_PORT = 8428
 NODE_PORT, BLACKBOX_PORT = 9100, 9115
 INTERVAL_S = 30.0
 CMON = str(Path(sys.executable).with_name("cmon"))
 # The agent's environment as the systemd unit sets it (agent/service/systemd/commune-monitor-agent.service).
 AGENT_ENV = {"MALLOC_ARENA_MAX": "2"}
-
-# What the lab's servers answer (lab/servers/web.py; credentials in lab.servers.province.CREDENTIALS).
-LAB_TEXTS = {"ioffice-web": "Hệ thống quản lý văn bản", "ioffice-login": "Xin chào, Văn thư",
-             "dvc-web": "Cổng dịch vụ công"}
-LAB_LOGIN = {"username": "vanthu", "password": "matkhau"}
-
-
-# --- the standard profile, moved onto the lab ----------------------------------------------------------------
-
-
-def lab_profile(pki: dict[str, str], workdir: Path) -> dict:
-    """Return configs/commune-standard.yaml with the lab's names, CAs, lines and collector (same targets)."""
-    data = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))
-    text = json.dumps(data, ensure_ascii=False).replace("example.gov.vn", "lab.test")
-    data = json.loads(text)
-    data["agent"].update(province="lab", commune="lab-commune", id="pc")
-    data["collector"] = {**data["collector"], "url": f"http://{COLLECTOR_ADDR}:{COLLECTOR_PORT}", "allow_http": True,
-                         "credential_file": str(workdir / "credential.json")}
-    data["spool"]["path"] = str(workdir / "spool.db")
-    data["lines"]["backup"]["source"] = A.PC_BACKUP_ADDR
-    data["resolvers"] = [A.DNS_ADDR]
-    for service, targets in data["services"].items():
-        for target in targets:
-            name = target["name"]
-            if name in LAB_TEXTS:
-                target["expect_text"] = LAB_TEXTS[name]
-            if "login" in target:
-                target["login"]["fields"] = dict(LAB_LOGIN)
-            if target["probe"] in ("http", "tls", "smtp", "imap"):
-                target["ca_file"] = pki["province"] if service == "dvc" else pki["public"]
-            if name == "internet-ping":
-                target["host"] = A.INTERNET_ADDR
-            if name == "internet-dns":
-                target["query_name"] = "ns.lab.test"  # the lab has no internet: a name the resolver answers
-    return data
 
 
 def blackbox_setup(pki: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
