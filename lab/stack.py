@@ -26,6 +26,8 @@ import yaml
 
 from lab import Lab, LabError, addresses as A
 from lab.servers import run_in_netns
+from lab.servers.province import CREDENTIALS
+from lab.servers.web import DVC_TITLE, IOFFICE_TITLE, IOFFICE_WELCOME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STANDARD_PROFILE = REPO_ROOT / "configs" / "commune-standard.yaml"
@@ -35,10 +37,9 @@ COLLECTOR_PORT = 8080
 VM_PORT = 8428
 VIEWS_TOKEN = "lab-views-token"  # lets the lab read the fleet registry from outside the collector's host
 
-# What the lab's servers answer (lab/servers/web.py; credentials in lab.servers.province.CREDENTIALS).
-LAB_TEXTS = {"ioffice-web": "Hệ thống quản lý văn bản", "ioffice-login": "Xin chào, Văn thư",
-             "dvc-web": "Cổng dịch vụ công"}
-LAB_LOGIN = {"username": "vanthu", "password": "matkhau"}
+# What the lab's servers answer, and the iOffice account: from the servers themselves, not copied.
+LAB_TEXTS = {"ioffice-web": IOFFICE_TITLE, "ioffice-login": IOFFICE_WELCOME, "dvc-web": DVC_TITLE}
+LAB_LOGIN = dict(zip(("username", "password"), CREDENTIALS["ioffice"]))
 
 
 def lab_profile(pki: dict[str, str], workdir: Path, interval: str | None = None) -> dict:
