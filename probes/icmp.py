@@ -116,35 +116,35 @@ def open_transport(address: str, config: Config, ctx: ProbeContext, run: "EchoRu
 class EchoRun:
     """Bookkeeping of one burst: what was sent when, what came back, what the network said."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, echo_timeout: float | None = None) -> None:
         self.rtts: list[float | None] = [None] * count
         self.sent_at: list[float | None] = [None] * count  # monotonic s
         self.errors: dict[int | None, str] = {}
         self.sent = 0
+        self.echo_timeout_ms = None if echo_timeout is None else echo_timeout * 1000.0
         self.changed = asyncio.Event()
 
     def reply(self, seq: int, rtt_ms: float) -> None:
-        """Record the reply to echo `seq` (late or unknown ones are ignored)."""
-        if 0 <= seq < len(self.rtts) and self.sent_at[seq] is not None and self.rtts[seq] is None:
-            self.rtts[seq] = rtt_ms
-            self.changed.set()
+        """Record the reply to echo `seq`; late (RTT over echo_timeout), unknown or repeated ones are ignored."""
+        if not (0 <= seq < len(self.rtts) and self.sent_at[seq] is not None and self.rtts[seq] is None):
+            return
+        if self.echo_timeout_ms is not None and rtt_ms > self.echo_timeout_ms:
+            return  # a loss by definition, whether or not other echoes are still being waited for
+        self.rtts[seq] = rtt_ms
+        self.changed.set()
 
     def error(self, error: EchoError) -> None:
         """Record an ICMP error (or a local send error) about echo `error.seq`."""
         self.errors[error.seq] = error.detail
         self.changed.set()
 
-    def settled(self, now: float, echo_timeout: float) -> bool:
-        """Whether every sent echo is answered, refused or out of time."""
-        return all(
-            rtt is not None or seq in self.errors or now - sent >= echo_timeout
-            for seq, (rtt, sent) in enumerate(zip(self.rtts, self.sent_at))
-            if sent is not None
-        )
+    def done(self, seq: int) -> bool:
+        """Whether echo `seq` needs no more waiting: answered or refused."""
+        return self.rtts[seq] is not None or seq in self.errors
 
 
 async def run_burst(transport: EchoTransport, run: EchoRun, config: Config, deadline: float) -> None:
-    """Send the echoes on schedule and wait until every one is settled or the deadline passes."""
+    """Send the echoes on schedule and wait until every one is answered, refused or expired, or the deadline."""
     start = time.monotonic()
     for seq in range(config.count):
         delay = start + seq * config.echo_interval - time.monotonic()
@@ -161,18 +161,24 @@ async def run_burst(transport: EchoTransport, run: EchoRun, config: Config, dead
             if exc.errno in (errno.EPERM, errno.EACCES):  # on send: a local firewall rule, not our privileges
                 detail = "a firewall rule on this PC refused the echo request"
             run.error(EchoError(seq, detail))
+    # Only echoes still open are waited for: an expired one leaves the set, so the wait is always until the
+    # next reply, error or expiry, never a zero timeout (keeping expired echoes made a silent line spin the CPU).
+    expires = {seq: sent + config.echo_timeout for seq, sent in enumerate(run.sent_at) if sent is not None}
+    reached = 0.0  # the latest wake-up time a timer fired for
     while True:
-        now = time.monotonic()
-        if run.settled(now, config.echo_timeout) or now >= deadline:
+        # A timer may fire a hair before monotonic() reaches its time: what it fired for counts as reached.
+        now = max(time.monotonic(), reached)
+        for seq in [s for s, at in expires.items() if at <= now or run.done(s)]:
+            del expires[seq]
+        if not expires or now >= deadline:
             return
-        pending = [s + config.echo_timeout for s, r in zip(run.sent_at, run.rtts) if s is not None and r is None]
-        wake = min([deadline, *pending]) - now
+        wake = min(deadline, *expires.values())  # > now: every echo left expires later
         run.changed.clear()
         try:
-            async with asyncio.timeout(max(0.0, wake)):
+            async with asyncio.timeout(wake - now):
                 await run.changed.wait()
         except TimeoutError:
-            pass
+            reached = wake
 
 
 async def probe(config: Config, ctx: ProbeContext) -> Measurement:
@@ -187,7 +193,7 @@ async def probe(config: Config, ctx: ProbeContext) -> Measurement:
             detail = f"{config.host} has no address that ip_family/the line's source address allows"
             return ctx.failure("dns_error" if not addresses else "unreachable", detail, fields)
         address = usable[0]
-        run = EchoRun(config.count)
+        run = EchoRun(config.count, config.echo_timeout)
         transport = open_transport(address, config, ctx, run)
     except Exception as exc:  # noqa: BLE001 - every failure is data
         result, detail = classify(exc)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import secrets
+import selectors
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,103 @@ def test_config_error_explains_the_budget() -> None:
     """The error says how long the burst takes and what to change."""
     with pytest.raises(ValidationError, match=r"take 7\.8s: more than the timeout 5s"):
         icmp.Config(name="t", host="127.0.0.1", count=30)
+
+
+# --- the burst's waiting, with a transport that never answers (no network, no root) ---------------------------
+
+
+class CountingSelector(selectors.DefaultSelector):
+    """The event loop's selector, counting its select() calls: one per loop iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def select(self, timeout=None):
+        self.calls += 1
+        return super().select(timeout)
+
+
+class SilentTransport:
+    """An EchoTransport over a dead line: every echo leaves, nothing comes back; answers only what `late` says."""
+
+    local_address = "192.0.2.10"
+
+    def __init__(self, run: icmp.EchoRun, late: dict[int, float] | None = None) -> None:
+        self.run, self.late, self.sent = run, late or {}, []
+
+    def send(self, seq: int) -> None:
+        self.sent.append(seq)
+        if seq in self.late:  # a reply after `late[seq]` seconds, reported with that RTT
+            delay = self.late[seq]
+            asyncio.get_running_loop().call_later(delay, self.run.reply, seq, delay * 1000.0)
+
+    def close(self) -> None:
+        pass
+
+
+def run_counted(coro_factory) -> tuple[object, int, float, float]:
+    """Run a coroutine on a fresh loop; return (result, loop iterations, CPU s, wall s)."""
+    selector = CountingSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    try:
+        cpu, wall = time.process_time(), time.monotonic()
+        result = loop.run_until_complete(coro_factory())
+        return result, selector.calls, time.process_time() - cpu, time.monotonic() - wall
+    finally:
+        loop.close()
+
+
+def test_unanswered_burst_sleeps_between_expiries() -> None:
+    """No reply at all: the wait wakes once per echo expiry, not in a loop, and ends at the last expiry."""
+    config = icmp.Config(name="t", host="192.0.2.1", count=5, echo_interval=0.1, echo_timeout=0.3, timeout=2)
+
+    async def burst() -> icmp.EchoRun:
+        run = icmp.EchoRun(config.count)  # no reply comes: lateness plays no part
+        transport = SilentTransport(run)
+        await icmp.run_burst(transport, run, config, time.monotonic() + 2)
+        assert transport.sent == [0, 1, 2, 3, 4]
+        return run
+
+    run, iterations, cpu, wall = run_counted(burst)
+    assert run.rtts == [None] * 5 and run.errors == {}
+    assert 0.7 <= wall < 0.9  # last echo sent at 0.4 s, expired at 0.7 s
+    # 5 sleeps between sends + 5 expiries (+ loop start-up): the spinning version made tens of thousands.
+    assert iterations <= 20, iterations
+    assert cpu < 0.1, cpu
+
+
+def test_late_reply_is_a_loss_and_ends_nothing_early() -> None:
+    """A reply later than echo_timeout counts as lost even while other echoes are still awaited."""
+    config = icmp.Config(name="t", host="192.0.2.1", count=3, echo_interval=0.1, echo_timeout=0.3, timeout=2)
+
+    async def burst() -> icmp.EchoRun:
+        run = icmp.EchoRun(config.count, config.echo_timeout)
+        # echo 0 answered after 0.35 s (late; echo 2 is still awaited then), echo 1 after 0.05 s.
+        await icmp.run_burst(SilentTransport(run, late={0: 0.35, 1: 0.05}), run, config, time.monotonic() + 2)
+        return run
+
+    run, iterations, _cpu, wall = run_counted(burst)
+    assert run.rtts == [None, pytest.approx(50.0), None]
+    assert icmp.echo_stats(run.rtts) == {"sent": 3.0, "received": 1.0, "loss_pct": pytest.approx(200 / 3),
+                                         "rtt_ms": 50.0, "rtt_avg_ms": 50.0, "rtt_min_ms": 50.0, "rtt_max_ms": 50.0}
+    assert 0.5 <= wall < 0.65  # echo 2's expiry (0.2 + 0.3 s) ends the burst
+    assert iterations <= 20, iterations
+
+
+def test_deadline_ends_the_wait() -> None:
+    """The probe's deadline before the echoes expire: the wait ends at the deadline, without spinning."""
+    config = icmp.Config(name="t", host="192.0.2.1", count=2, echo_interval=0.05, echo_timeout=1.0, timeout=2)
+
+    async def burst() -> icmp.EchoRun:
+        run = icmp.EchoRun(config.count)
+        await icmp.run_burst(SilentTransport(run), run, config, time.monotonic() + 0.3)
+        return run
+
+    run, iterations, _cpu, wall = run_counted(burst)
+    assert run.sent == 2 and run.rtts == [None, None]
+    assert 0.3 <= wall < 0.4
+    assert iterations <= 10, iterations
 
 
 # --- loopback in this namespace (raw sockets: root) ---------------------------------------------------------
@@ -303,3 +401,62 @@ def test_no_route_is_unreachable(netns: str) -> None:
     assert run_in(netns, host="192.0.2.1") == expected(
         "unreachable", {"sent": 0.0, "received": 0.0, "loss_pct": 100.0}, "no route: No route to host"
     )
+
+
+DEAD_LINE_CHILD = """
+import asyncio, json, selectors, sys, time
+from probes import icmp
+from probes.base import ProbeContext
+
+class CountingSelector(selectors.DefaultSelector):
+    calls = 0
+    def select(self, timeout=None):
+        CountingSelector.calls += 1
+        return super().select(timeout)
+
+def measure(keys):
+    config = icmp.Config.model_validate(keys)
+    loop = asyncio.SelectorEventLoop(CountingSelector())
+    try:
+        calls, cpu = CountingSelector.calls, time.process_time()
+        m = loop.run_until_complete(icmp.probe(config, ProbeContext(service="internet", target=config)))
+        return {"cpu": time.process_time() - cpu, "iterations": CountingSelector.calls - calls, "m": m.to_dict()}
+    finally:
+        loop.close()
+
+base, dead, healthy = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+measure({**base, "host": healthy})  # warm-up: first-run costs (imports, socket set-up) are not the wait loop's
+print(json.dumps({"dead": measure({**base, "host": dead}), "healthy": measure({**base, "host": healthy})}))
+"""
+
+
+@pytest.mark.parametrize(("dead", "healthy"), [("192.0.2.2", "127.0.0.1"), ("2001:db8:dead::2", "::1")])
+@pytest.mark.parametrize("privileged", [True, False])
+def test_dead_line_costs_no_more_cpu_than_a_healthy_one(netns: str, dead: str, healthy: str, privileged: bool) -> None:
+    """A line that silently drops everything: timeout with loss 100, at about a healthy run's CPU and loop turns.
+
+    The dead line is a veth pair in a namespace made here: echoes leave dead0 for a MAC address nobody has (a
+    static neighbour entry, so no ARP/ND failure turns into an ICMP error), and the far end drops them silently.
+    The old wait loop kept expired echoes and polled with a zero timeout until the last one expired.
+    """
+    ns(netns, "ip", "link", "add", "dead0", "type", "veth", "peer", "name", "dead1")
+    ns(netns, "ip", "link", "set", "dead1", "up")
+    ns(netns, "ip", "link", "set", "dead0", "up")
+    ns(netns, "ip", "addr", "add", "192.0.2.1/24", "dev", "dead0")
+    ns(netns, "ip", "addr", "add", "2001:db8:dead::1/64", "dev", "dead0", "nodad")
+    for address in ("192.0.2.2", "2001:db8:dead::2"):
+        ns(netns, "ip", "neigh", "replace", address, "lladdr", "02:00:00:00:de:ad", "dev", "dead0", "nud", "permanent")
+    # 5 echoes 0.2 s apart, 0.5 s each: the old loop spun from the first expiry (0.5 s) to the last (1.3 s).
+    keys = {"name": "t", "count": 5, "echo_interval": 0.2, "echo_timeout": 0.5, "timeout": 2,
+            "privileged": privileged}
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", DEAD_LINE_CHILD, json.dumps(keys), dead, healthy]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert strip(out["dead"]["m"]) == expected("timeout", counts(5, 0), f"no echo reply from {dead} (5 sent)")
+    assert strip(out["healthy"]["m"]) == expected("ok", counts(5, 5))
+    dead_run, healthy_run = out["dead"], out["healthy"]
+    # A healthy run: ~10 loop turns (5 sends, 5 replies), a few ms of CPU. Spinning: tens of thousands, ~0.5 s.
+    assert dead_run["iterations"] <= healthy_run["iterations"] + 10, (dead_run, healthy_run)
+    assert dead_run["cpu"] <= healthy_run["cpu"] + 0.05, (dead_run, healthy_run)
