@@ -5,9 +5,14 @@
   the moment each run ends, their times corrected by the measured clock offset;
 - the Shipper, draining the spool to the collector (when `collector:` is configured and the agent enrolled),
   live data a few seconds at a time (`_linger`: 5 s, at most a quarter of the shortest interval);
+- every long-running task (`shipper`, `scheduler`, `spool_check`: the spool's integrity check at start and
+  hourly, `disk_watch`: the spool disk's free space) under one `Supervisor`: a task that fails is logged with
+  its traceback, counted and restarted with backoff, and its health goes into every request's `agent` block
+  and the `agent` measurement, so an agent that probes but cannot ship is visible;
 - on `stop` (SIGTERM/SIGINT, or the Windows service's stop): the scheduler stops, the shipper gets a few
   seconds to send what is left, and a `stopping` heartbeat tells the collector this is a PC switched off,
-  not a commune gone dark.
+  not a commune gone dark — with the tasks' final health. The exit status is 1 when a task failed during the
+  run and was not healthy at the end.
 
 Before the first probe the agent sends a `running` heartbeat (a few seconds at most) so the clock offset is
 known before the first measurement is committed; if the collector is unreachable, times stay uncorrected
@@ -34,6 +39,7 @@ from .runner import identity_tags
 from .scheduler import Scheduler
 from .selfmetrics import agent_measurement, config_version
 from .shipper import LINGER_S, Batch, ClockOffset, Shipper
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,8 @@ HEARTBEAT_S = 60.0
 STARTUP_HEARTBEAT_S = 5.0
 STOP_DRAIN_S = 3.0
 STOP_HEARTBEAT_S = 3.0
+STOP_SCHEDULER_S = 10.0  # the scheduler gives running probes 2 s; this is the backstop
+SPOOL_CHECK_S = 3600.0  # the spool's integrity check (also at start)
 
 
 def package_version() -> str:
@@ -51,7 +59,8 @@ def package_version() -> str:
 
 
 class SpoolAdapter:
-    """The shipper's view of agent.spool.Spool: batches as `Batch`, evictions reported once delivered."""
+    """The shipper's view of agent.spool.Spool: batches as `Batch`, evicted and lost ranges reported once
+    delivered."""
 
     def __init__(self, spool: Any) -> None:
         self.spool = spool
@@ -79,86 +88,176 @@ class SpoolAdapter:
         if done is not None:
             done([tuple(r) for r in ranges])
 
+    def lost(self) -> list[list[Any]]:
+        return [list(r) for r in self.spool.pending_lost()]
 
-async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the agent until `stop` is set (or SIGTERM/SIGINT when none is given)."""
+    def lost_reported(self, ranges: list[list[Any]]) -> None:
+        self.spool.lost_reported([tuple(r) for r in ranges])
+
+
+class Agent:
+    """The running agent's parts and the few things they share: the wire's `agent` block, self-metrics, health."""
+
+    def __init__(self, config: AgentConfig, spool: Any, shipper: Shipper | None, clock: ClockOffset,
+                 supervisor: Supervisor) -> None:
+        self.config, self.spool, self.shipper, self.clock, self.supervisor = config, spool, shipper, clock, supervisor
+        self.tags = identity_tags(config)
+        self.version, self.config_hash = package_version(), config_version(config.path)
+        self.commit_lock = asyncio.Lock()  # one writer: the spool's sequence stays gap-free
+        self.disk_free: int | None = None
+        self.disk_low = False
+        self.scheduler: Scheduler | None = None
+
+    # -- what the collector and the database hear -------------------------------------------------------------
+
+    def health(self) -> str:
+        """`degraded` when a task is not ok, the spool cannot commit, or an acknowledged batch cannot be deleted."""
+        stuck = self.shipper is not None and self.shipper.stats.spool_failing
+        if self.supervisor.health() != "ok" or not self.spool.writable or stuck:
+            return "degraded"
+        return "ok"
+
+    def info(self) -> dict[str, Any]:
+        """Return the wire's `agent` block (every ingest and heartbeat; docs/wire.md)."""
+        out: dict[str, Any] = {
+            "version": self.version, "config_version": self.config_hash, "spool_rows": self.spool.depth(),
+            "dropped_total": self.spool.dropped_total, "clock_offset_ms": round(self.clock.offset_ms, 1),
+            "health": self.health(), "tasks": self.supervisor.wire(),
+            "task_restarts_total": self.supervisor.restarts_total, "lost_total": self.spool.lost_total,
+        }
+        if self.disk_free is not None:
+            out["disk_free_bytes"] = int(self.disk_free)
+        return out
+
+    async def self_metrics(self) -> list[Measurement]:
+        """Return the `agent` Measurement (docs/agent.md)."""
+        s, spool, sched = (self.shipper.stats if self.shipper else None), self.spool, self.scheduler
+        assert sched is not None
+        return [agent_measurement(
+            self.tags, self.version, self.config_hash,
+            spool_rows=spool.depth(), dropped_total=spool.dropped_total,
+            dropped_disk_full_total=spool.dropped_disk_full_total, lost_total=spool.lost_total,
+            quarantined_total=s.quarantined_total if s else None, shipped_total=s.shipped_total if s else None,
+            ship_failures_total=s.failures_total if s else None, auth_refused=float(s.auth_refused) if s else None,
+            spool_errors_total=s.spool_errors_total if s else None,
+            probe_errors_total=sched.probe_errors_total, probe_runs_total=sched.runs_total,
+            clock_skew_ms=self.clock.offset_ms if self.clock.measured else None,
+            clock_measured=float(self.clock.measured),
+            disk_free_bytes=self.disk_free, spool_disk_low=float(self.disk_low),
+            healthy=float(self.health() == "ok"), **self.supervisor.fields(),
+        )]
+
+    # -- the producers' and the tasks' bodies --------------------------------------------------------------
+
+    async def commit(self, measurements: list[Measurement]) -> None:
+        """Append one run's measurements to the spool (times corrected); a run that cannot be committed is
+        counted as dropped by the spool, which logs once per episode: the scheduler goes on."""
+        if not measurements:
+            return
+        offset = round(self.clock.offset_ms)
+        corrected = [_shifted(m, offset) for m in measurements] if offset else measurements
+        from .spool import SpoolWriteError  # lazily, like the spool itself
+
+        async with self.commit_lock:
+            try:
+                await asyncio.to_thread(self.spool.append, corrected)
+            except SpoolWriteError:
+                return
+        if self.shipper is not None:
+            self.shipper.wake.set()
+
+    async def heartbeat(self) -> list[Measurement]:
+        if self.shipper is not None:
+            await self.shipper.heartbeat("running")
+        return []
+
+    def watch_disk(self) -> None:
+        """Sample the spool's disk; warn once when it gets too full for the spool to reach its cap."""
+        self.disk_free = self.spool.disk_free_bytes()
+        low = self.spool.disk_low(self.disk_free)
+        if low and not self.disk_low:
+            log.warning("the spool's disk is nearly full (%d bytes free; the spool may need %d): free space "
+                        "or measurements will be dropped", self.disk_free, self.spool.max_bytes)
+        elif self.disk_low and not low:
+            log.info("the spool's disk has room again (%d bytes free)", self.disk_free)
+        self.disk_low = low
+
+    async def disk_watch(self) -> None:
+        """Task: watch the spool's disk every `host_interval`."""
+        while True:
+            await asyncio.to_thread(self.watch_disk)
+            await asyncio.sleep(self.config.schedule.host_interval)
+
+    async def spool_check(self) -> None:
+        """Task: check the spool at start and every SPOOL_CHECK_S (damaged rows set aside, corruption rebuilt)."""
+        while True:
+            result = await asyncio.to_thread(self.spool.check)
+            if result["damaged"] or result["rebuilt"]:
+                log.warning("spool check: %s", result)
+            else:
+                log.debug("spool check: %s", result)
+            await asyncio.sleep(SPOOL_CHECK_S)
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None,
+                    supervisor: Supervisor | None = None) -> int:
+    """Run the agent until `stop` is set (or SIGTERM/SIGINT when none is given); return the exit status:
+    1 when a task failed during the run and was not healthy at the end (Supervisor.exit_status), else 0."""
     from .spool import Spool  # the SQLite spool; imported here so `cmon probe` does not pay for it
 
     stop = stop or _signal_event()
-    tags = identity_tags(config)
-    version, config_hash = package_version(), config_version(config.path)
     spool = Spool(config.relative(config.spool.path), config.spool.max_size)
-    adapter = SpoolAdapter(spool)
     clock = ClockOffset()
-    shipper = _make_shipper(config, adapter, clock)
-    sampler = await asyncio.to_thread(HostSampler, tags)
-    commit_lock = asyncio.Lock()
-
-    def info() -> dict[str, Any]:
-        return {"version": version, "config_version": config_hash, "spool_rows": spool.depth(),
-                "dropped_total": spool.dropped_total, "clock_offset_ms": round(clock.offset_ms, 1)}
-
-    if shipper is not None:
-        shipper.agent_info = info  # the wire's `agent` block in every request: the collector's fleet registry
-
-    async def commit(measurements: list[Measurement]) -> None:
-        if not measurements:
-            return
-        offset = round(clock.offset_ms)
-        corrected = [_shifted(m, offset) for m in measurements] if offset else measurements
-        async with commit_lock:  # one writer: the spool's sequence stays gap-free
-            await asyncio.to_thread(spool.append, corrected)
-        if shipper is not None:
-            shipper.wake.set()
+    shipper = _make_shipper(config, SpoolAdapter(spool), clock)
+    agent = Agent(config, spool, shipper, clock, supervisor or Supervisor())
+    sampler = await asyncio.to_thread(HostSampler, agent.tags)
 
     async def host() -> list[Measurement]:
         return await asyncio.to_thread(sampler.sample)
 
-    scheduler: Scheduler
-
-    async def self_metrics() -> list[Measurement]:
-        s = shipper.stats if shipper else None
-        return [agent_measurement(
-            tags, version, config_hash,
-            spool_rows=spool.depth(), dropped_total=spool.dropped_total,
-            quarantined_total=s.quarantined_total if s else None, shipped_total=s.shipped_total if s else None,
-            ship_failures_total=s.failures_total if s else None, auth_refused=float(s.auth_refused) if s else None,
-            probe_errors_total=scheduler.probe_errors_total, probe_runs_total=scheduler.runs_total,
-            clock_skew_ms=clock.offset_ms if clock.measured else None, clock_measured=float(clock.measured),
-        )]
-
-    async def heartbeat() -> list[Measurement]:
-        if shipper is not None:
-            await shipper.heartbeat("running")
-        return []
-
-    interval = config.schedule.host_interval
-    producers = [("host", interval, host), ("self", interval, self_metrics)]
     if shipper is not None:
-        producers.append(("heartbeat", HEARTBEAT_S, heartbeat))
-    scheduler = Scheduler(config, commit, producers=producers, clock=lambda: clock.now_ms() / 1000)
-
-    async with contextlib.AsyncExitStack() as stack:
-        ship_task = None
-        if shipper is not None:
-            await stack.enter_async_context(shipper)
-            await shipper.heartbeat("running", timeout=STARTUP_HEARTBEAT_S)
-            ship_task = asyncio.create_task(shipper.run(), name="shipper")
-        sched_task = asyncio.create_task(scheduler.run(), name="scheduler")
-        log.info("agent %s/%s/%s running: %d jobs, spool %s", *tags.values(), len(scheduler.jobs),
-                 config.relative(config.spool.path))
-        await stop.wait()
-        log.info("stopping")
-        scheduler.stop()
-        await sched_task
-        if ship_task is not None:
-            shipper.flush()  # no lingering: what is spooled goes now
-            await _drain(spool, ship_task, STOP_DRAIN_S)
-            await shipper.heartbeat("stopping", timeout=STOP_HEARTBEAT_S)
-    close = getattr(spool, "close", None)
-    if close is not None:
-        close()
+        shipper.agent_info = agent.info  # the wire's `agent` block in every request: the collector's fleet registry
+    interval = config.schedule.host_interval
+    producers = [("host", interval, host), ("self", interval, agent.self_metrics)]
+    if shipper is not None:
+        producers.append(("heartbeat", HEARTBEAT_S, agent.heartbeat))
+    agent.scheduler = Scheduler(config, agent.commit, producers=producers, clock=lambda: clock.now_ms() / 1000)
+    await asyncio.to_thread(agent.watch_disk)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if shipper is not None:
+                await stack.enter_async_context(shipper)
+                await shipper.heartbeat("running", timeout=STARTUP_HEARTBEAT_S)
+            await _run_until(agent, stop)
+    finally:
+        spool.close()
+    status = agent.supervisor.exit_status()
+    if status:
+        log.error("stopped with failed tasks: %s", agent.supervisor.wire())
     log.info("stopped")
+    return status
+
+
+async def _run_until(agent: Agent, stop: asyncio.Event) -> None:
+    """Start the supervised tasks, wait for `stop`, stop them in order, say `stopping` to the collector."""
+    sup, shipper, scheduler = agent.supervisor, agent.shipper, agent.scheduler
+    assert scheduler is not None
+    ship_task = sup.start("shipper", shipper.run) if shipper is not None else None
+    sup.start("scheduler", scheduler.run)
+    sup.start("spool_check", agent.spool_check)
+    sup.start("disk_watch", agent.disk_watch)
+    log.info("agent %s/%s/%s running: %d jobs, spool %s", *agent.tags.values(), len(scheduler.jobs),
+             agent.spool.path)
+    await stop.wait()
+    log.info("stopping")
+    await sup.stop("scheduler", ask=scheduler.stop, timeout=STOP_SCHEDULER_S)
+    for name in ("spool_check", "disk_watch"):
+        await sup.stop(name, timeout=0)
+    if shipper is not None and ship_task is not None:
+        shipper.flush()  # no lingering: what is spooled goes now
+        await _drain(agent.spool, ship_task, STOP_DRAIN_S)
+        await sup.stop("shipper", timeout=0)
+        await shipper.heartbeat("stopping", timeout=STOP_HEARTBEAT_S)  # carries the tasks' final health
 
 
 def _shifted(m: Measurement, offset_ms: int) -> Measurement:
@@ -181,7 +280,8 @@ def _make_shipper(config: AgentConfig, spool: SpoolAdapter, clock: ClockOffset) 
         spool, spool.next_batch, url, credential.credential if credential else "",
         ssl_context=ssl_context(credential, ca_file) if url.startswith("https") else None,
         timeout=collector.timeout, backlog_rate=collector.backlog_rate, batch_max=collector.batch_max,
-        evictions=spool.evictions, evictions_reported=spool.evictions_reported, clock=clock,
+        evictions=spool.evictions, evictions_reported=spool.evictions_reported, lost=spool.lost,
+        lost_reported=spool.lost_reported, clock=clock,
         linger=_linger(config),
     )
 
@@ -193,12 +293,10 @@ def _linger(config: AgentConfig) -> float:
 
 
 async def _drain(spool: Any, ship_task: asyncio.Task, seconds: float) -> None:
-    """Give the shipper up to `seconds` to empty the spool, then stop it."""
+    """Give the shipper up to `seconds` to empty the spool (the supervisor stops it afterwards)."""
     deadline = time.monotonic() + seconds
     while spool.depth() and time.monotonic() < deadline and not ship_task.done():
         await asyncio.sleep(0.05)
-    ship_task.cancel()
-    await asyncio.gather(ship_task, return_exceptions=True)
 
 
 def _signal_event() -> asyncio.Event:
@@ -242,12 +340,12 @@ def _load(path: str) -> AgentConfig | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the agent until SIGTERM/SIGINT; exit 0 after a clean stop, 2 for a bad config."""
+    """Run the agent until SIGTERM/SIGINT; exit 0 after a clean stop, 1 when a task failed and had not recovered
+    by then (docs/agent.md, "Supervised tasks"), 2 for a bad config."""
     config = _load(args.config)
     if config is None:
         return 2
-    asyncio.run(run_agent(config))
-    return 0
+    return asyncio.run(run_agent(config))
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -266,4 +364,4 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SpoolAdapter", "add_commands", "cmd_enroll", "cmd_run", "run_agent"]
+__all__ = ["Agent", "SpoolAdapter", "add_commands", "cmd_enroll", "cmd_run", "run_agent"]

@@ -4,6 +4,9 @@
   is all older than `LIVE_AGE_S` (backlog) no faster than `backlog_rate` bytes/s of request body, so a
   weekend's backlog does not fill a 4G backup line; live batches are not held back.
 - 2xx: the batch is acknowledged (deleted from the spool). 400: quarantined and counted, the queue moves on.
+  The ranges the spool lost to damage (`lost`) ride along like `evicted` and are marked reported on a 2xx.
+  When the spool cannot delete an acknowledged batch (a full disk), the ack is retried locally with a short
+  backoff (0.5 s → 10 s) before anything else is sent; nothing is lost (a resend would be deduplicated).
   413: split in two and resent (a single measurement that is still too large is quarantined). 401/403: keep
   spooling, log why (once per change), retry with backoff (403 rarely: a revoked agent stays revoked until
   the province re-enrolls it). 429/503: wait `Retry-After` (seconds or an HTTP date). Anything else (a
@@ -84,10 +87,12 @@ class Batch:
 class ShipError(Exception):
     """A batch could not be delivered now; `retry_after` (s) when the collector said when to come back."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 local: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.local = local  # the spool failed, not the collector
 
 
 class ClockOffset:
@@ -131,8 +136,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _wait(state: RetryCallState) -> float:
-    """Backoff: Retry-After when given; 403 slowly (1 min → 1 h); otherwise 1 s → 2 min, with jitter."""
+    """Backoff: a spool failure 0.5 s → 10 s; Retry-After when given; 403 slowly (1 min → 1 h); otherwise
+    1 s → 2 min, with jitter."""
     exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, ShipError) and exc.local:  # our own disk: check again soon, it is free to ask
+        return wait_exponential_jitter(initial=0.5, max=10, jitter=0.5)(state)
     if isinstance(exc, ShipError) and exc.retry_after is not None:
         return exc.retry_after + random.uniform(0, min(5.0, exc.retry_after * 0.1))
     if isinstance(exc, ShipError) and exc.status == 403:
@@ -154,6 +162,8 @@ class ShipperStats:
     last_error: str = ""
     last_status: int | None = None
     auth_refused: bool = False
+    spool_errors_total: int = 0  # spool writes (ack, quarantine) that failed and were retried
+    spool_failing: bool = False  # the last spool write failed
 
 
 @dataclass(slots=True)
@@ -172,12 +182,15 @@ class Shipper:
     agent_info: Callable[[], dict] = dict  # the wire's "agent" block
     evictions: Callable[[], list[list[int]]] = list  # ranges evicted and not yet reported
     evictions_reported: Callable[[list[list[int]]], Any] = lambda ranges: None
+    lost: Callable[[], list[list[Any]]] = list  # [first, last, reason] ranges lost to damage, not yet reported
+    lost_reported: Callable[[list[list[Any]]], Any] = lambda ranges: None
     clock: ClockOffset = field(default_factory=ClockOffset)
     stats: ShipperStats = field(default_factory=ShipperStats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     flushing: asyncio.Event = field(default_factory=asyncio.Event)  # set by flush(): no more lingering
     _session: aiohttp.ClientSession | None = None
     _backlog_free_at: float = 0.0
+    _unacked: tuple[int, int, list, list] | None = None  # acknowledged, not yet deleted: (first, last, evicted, lost)
 
     async def __aenter__(self) -> "Shipper":
         connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.url.startswith("https") else False, limit=2)
@@ -214,6 +227,7 @@ class Shipper:
 
     async def ship_next(self) -> bool:
         """Ship the spool's next batch; return False when there was none. Raises ShipError to retry later."""
+        self._finish_ack()  # an ack the spool could not write: first things first
         batch = self.next_batch(self.batch_max)
         if batch is None:
             return False
@@ -227,34 +241,68 @@ class Shipper:
 
     async def ship(self, batch: Batch) -> int:
         """Deliver one batch (splitting on 413); return the request bytes sent."""
-        evicted = self.evictions()
-        body = gzip.compress(json.dumps(self._payload(batch, evicted), separators=(",", ":")).encode(), 6)
+        evicted, lost = self.evictions(), self.lost()
+        body = gzip.compress(json.dumps(self._payload(batch, evicted, lost), separators=(",", ":")).encode(), 6)
         status, answer = await self._post("/api/v1/ingest", body)
         if batch.is_backlog(self.clock.now_ms()):
             self.stats.backlog_bytes_total += len(body)
         if 200 <= status < 300:
-            self.spool.ack(batch.first, batch.last)
-            if evicted:
-                self.evictions_reported(evicted)
             self.stats.shipped_total += len(batch.items)
             self._auth_ok()
+            self._unacked = (batch.first, batch.last, evicted, lost)
+            self._finish_ack()
             return len(body)
         reason = _reason(answer)
         if status == 400:
             log.error("the collector refused measurements %d..%d as invalid (%s): quarantined",
                       batch.first, batch.last, reason)
-            self.spool.quarantine(batch.first, batch.last, reason)
+            self._local(self.spool.quarantine, batch.first, batch.last, reason)
             self.stats.quarantined_total += len(batch.items)
             return len(body)
         if status == 413:
             if len(batch.items) == 1:
-                self.spool.quarantine(batch.first, batch.last, f"too large even alone: {reason}")
+                self._local(self.spool.quarantine, batch.first, batch.last, f"too large even alone: {reason}")
                 self.stats.quarantined_total += 1
                 return len(body)
             first, second = batch.split()
             log.info("batch %d..%d too large for the collector: splitting", batch.first, batch.last)
             return len(body) + await self.ship(first) + await self.ship(second)
         raise self._failure(status, reason, answer)
+
+    def _finish_ack(self) -> None:
+        """Delete the acknowledged batch from the spool and mark its evicted/lost ranges reported.
+
+        Raises a local ShipError (retried with a short backoff) while the spool cannot write: the collector has
+        the batch, so it is not sent again meanwhile; the ack is retried until it sticks.
+        """
+        if self._unacked is None:
+            return
+        first, last, evicted, lost = self._unacked
+        self._local(self.spool.ack, first, last)
+        self._unacked = None
+        if self.stats.spool_failing:
+            log.warning("the spool deletes acknowledged batches again")
+            self.stats.spool_failing = False
+        for report, ranges in ((self.evictions_reported, evicted), (self.lost_reported, lost)):
+            if ranges:
+                try:
+                    report(ranges)
+                except Exception as exc:  # noqa: BLE001 - sent again with the next batch; the collector merges
+                    log.warning("could not mark ranges %s reported (sent again next time): %s", ranges, exc)
+
+    def _local(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Run a spool write; its failure (a full disk, an I/O error) becomes a local ShipError, never fatal."""
+        try:
+            return call(*args)
+        except (ShipError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any spool failure: retried, reported in the agent block
+            self.stats.spool_errors_total += 1
+            self.stats.last_error = f"spool: {type(exc).__name__}: {exc}"
+            if not self.stats.spool_failing:
+                log.error("the spool cannot record a batch's outcome (%s): retrying", self.stats.last_error)
+            self.stats.spool_failing = True
+            raise ShipError(f"spool write failed: {exc}", local=True) from exc
 
     async def heartbeat(self, state: str = "running", timeout: float | None = None) -> bool:
         """Send a heartbeat (`running` or `stopping`); return whether the collector took it. Never raises."""
@@ -270,8 +318,8 @@ class Shipper:
             return False
         return True
 
-    def _payload(self, batch: Batch, evicted: list[list[int]]) -> dict[str, Any]:
-        return {
+    def _payload(self, batch: Batch, evicted: list[list[int]], lost: list[list[Any]]) -> dict[str, Any]:
+        payload = {
             "version": WIRE_VERSION,
             "spool": self.spool.spool_id,
             "first": batch.first,
@@ -280,6 +328,9 @@ class Shipper:
             "evicted": [list(r) for r in evicted],
             "agent": self.agent_info(),
         }
+        if lost:  # optional on the wire: sent only when there is something to say
+            payload["lost"] = [[int(a), int(b), str(reason)] for a, b, reason in lost]
+        return payload
 
     async def _post(self, path: str, body: bytes) -> tuple[int, Any]:
         assert self._session is not None, "use `async with Shipper(...)`"
