@@ -15,8 +15,14 @@ import sys
 from importlib import metadata
 from typing import Sequence
 
+from pathlib import Path
+
+from collector import config as collector_config
+
+from . import config as agent_config
 from .config import AgentConfig, ConfigError, load_config
 from .config_errors import suggest
+from .yaml_marks import ConfigIssue, LocatedYaml, read_yaml
 from .daemon import add_commands as add_agent_commands
 from .render import json_lines, table
 from .runner import plan, run_once
@@ -49,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = commands.add_parser("check-config", help="validate config files and list every error")
-    check.add_argument("files", nargs="+", metavar="FILE", help="agent config YAML files")
+    check.add_argument("files", nargs="+", metavar="FILE", help="agent or collector config YAML files")
     check.set_defaults(func=cmd_check_config)
 
     probe = commands.add_parser("probe", help="run every probe once and show the results")
@@ -70,15 +76,49 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for file in args.files:
         try:
-            config = load_config(file)
+            summary = check_file(file)
         except ConfigError as exc:
             for issue in exc.issues:
                 print(issue, file=sys.stderr)
             print(f"{file}: {len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''}", file=sys.stderr)
             status = EXIT_USAGE
             continue
-        print(f"{file}: OK — {describe(config)}")
+        print(f"{file}: OK — {summary}")
     return status
+
+
+def check_file(file: str) -> str:
+    """Validate an agent or a collector config (told apart by its top-level keys); return a one-line summary."""
+    located = read_yaml(file)
+    kind, notes = config_kind(located)
+    try:
+        if kind == "collector":
+            base = Path(file).resolve().parent
+            return describe_collector(collector_config.from_yaml(located, base, check_files=True))
+        return describe(agent_config.from_yaml(located, Path(file)))
+    except ConfigError as exc:
+        raise ConfigError([*notes, *exc.issues]) from None
+
+
+def config_kind(located: LocatedYaml) -> tuple[str, list[ConfigIssue]]:
+    """Return "agent" or "collector" by the file's top-level keys, with a note when they do not tell."""
+    keys = set(located.data) if isinstance(located.data, dict) else set()
+    agent = len(keys & agent_config.TOP_LEVEL_KEYS)
+    collector = len(keys & collector_config.TOP_LEVEL_KEYS)
+    if collector > agent:
+        return "collector", []
+    if agent > collector or not agent:  # no known key at all (empty, a typo): the agent's errors say what is needed
+        return "agent", []
+    note = located.issue((), "checked as an agent config: its top-level keys are as much a collector's (an agent "
+                             "config has agent: and services:, a collector config province:, listen: and database:)")
+    return "agent", [note]
+
+
+def describe_collector(config: collector_config.CollectorConfig) -> str:
+    """Return `collector for province ha-tinh, HTTPS on 0.0.0.0:8443, database http://127.0.0.1:8428/`."""
+    listen = config.listen
+    scheme = "plain HTTP" if listen.allow_http else "HTTPS"
+    return f"collector for province {config.province}, {scheme} on {listen.host}:{listen.port}, database {config.database.url}"
 
 
 def describe(config: AgentConfig) -> str:

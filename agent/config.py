@@ -10,27 +10,20 @@ file's folder and must exist. See docs/configuration.md.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, Mapping, get_args
+from typing import Annotated, Any, Mapping
 
-from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, Field, model_validator
 
 from probes import registry
 from probes.base import Duration, Line, LineConfig, Slug, StrictModel, TargetConfig
 
-from .config_errors import (
-    ConfigError,
-    ConfigIssue,
-    merge_union_messages,
-    plain_message,
-    suggest,
-    unknown_key,
-    walk_loc,
-)
-from .yaml_marks import LocatedYaml, Path_, YamlSyntaxError, load_yaml
+from .config_errors import field_keys, suggest, unknown_key, validate_model
+from .yaml_marks import ConfigError, ConfigIssue, LocatedYaml, Path_, read_yaml
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -51,16 +44,24 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IG
 _SIZE_UNITS = {None: 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 
 
+MAX_SIZE = 10**12  # 1 TB: beyond any disk or body this product sizes; keeps 400-digit sizes from being "no limit"
+
+
 def parse_size(value: Any) -> int:
-    """Return bytes from `1048576`, `"100MB"`, `"64 KiB"` (k/M/G are powers of 1000, Ki/Mi/Gi of 1024)."""
+    """Return bytes from `1048576`, `"100MB"`, `"64 KiB"` (k/M/G are powers of 1000, Ki/Mi/Gi of 1024); at most 1 TB."""
     if isinstance(value, bool):
         raise ValueError("a size is a number of bytes or a string like '100MB', '64kB'")
-    match = _SIZE.match(str(value)) if not isinstance(value, (int, float)) else None
-    size = float(value) if match is None and isinstance(value, (int, float)) else None
-    if match:
-        size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
-    if size is None or size <= 0:
-        raise ValueError(f"{value!r} is not a size: write e.g. 100MB, 64kB or a number of bytes")
+    match = _SIZE.match(str(value)[:100]) if not isinstance(value, (int, float)) else None
+    size = None
+    if isinstance(value, (int, float)):
+        size = float(value) if isinstance(value, float) or abs(value) <= MAX_SIZE else math.inf
+    elif match:
+        size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]  # 400 digits: inf, refused below
+    if size is None or not size > 0:  # also nan
+        raise ValueError(f"{str(value)[:40]!r} is not a size: write e.g. 100MB, 64kB or a number of bytes")
+    if size > MAX_SIZE:
+        shown = "a number that large" if isinstance(value, int) else repr(str(value)[:40])
+        raise ValueError(f"{shown} is too large: a size is at most 1TB")
     return int(size)
 
 
@@ -119,6 +120,9 @@ class _TopLevel(StrictModel):
     resolvers: list[IPAddress] = Field(default_factory=list)
     defaults: dict[str, Any] = Field(default_factory=dict)
     services: dict[Slug, list[dict[str, Any]]]
+
+
+TOP_LEVEL_KEYS = frozenset(field_keys(_TopLevel))  # how `cmon check-config` tells an agent config from others
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,19 +186,12 @@ class AgentConfig:
 
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate an agent config; raise ConfigError listing every problem."""
-    path = Path(path)
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError([ConfigIssue(file, 1, (), "the file is not UTF-8 text: save it as UTF-8")]) from None
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(file, 1, (), f"cannot read the file: {exc.strerror or exc}")]) from None
-    try:
-        located = load_yaml(text)
-    except YamlSyntaxError as exc:
-        raise ConfigError([ConfigIssue(file, exc.line, (), exc.message)]) from None
-    return _Validator(file, path.resolve().parent, located).run()
+    return from_yaml(read_yaml(path), Path(path))
+
+
+def from_yaml(located: LocatedYaml, path: Path) -> AgentConfig:
+    """Validate an agent config already loaded from `path` (`read_yaml`); raise ConfigError listing every problem."""
+    return _Validator(located.file, path.resolve().parent, located).run()
 
 
 class _Validator:
@@ -204,12 +201,12 @@ class _Validator:
         self.file = file
         self.base_dir = base_dir
         self.located = located
-        self.issues = [ConfigIssue(file, i.line, i.path, i.message) for i in located.issues]
+        self.issues: list[ConfigIssue] = list(located.issues)
         self.modules, self.broken = registry.loadable(_probes_named(located.data))
 
     def add(self, path: Path_, message: str, *, at: Path_ | None = None) -> None:
         """Record a problem shown with key path `path`, on the line of `at` (default: `path`)."""
-        self.issues.append(ConfigIssue(self.file, self.located.line_of(at or path), tuple(path), message))
+        self.issues.append(self.located.issue(path, message, at=at))
 
     def run(self) -> AgentConfig:
         data = self.located.data
@@ -245,24 +242,9 @@ class _Validator:
         skip: set[Path_] = frozenset(),
     ) -> Any:
         """Validate `data` at `base`; on failure record each error (mapped to defaults when merged from there)."""
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            by_path: dict[tuple[Path_, Path_], list[str]] = {}
-            for error in exc.errors():
-                loc = walk_loc(data, error["loc"], error["type"])
-                full = (*base, *loc)
-                if origin and loc and loc[0] in origin:
-                    full = (*origin[loc[0]], *loc[1:])
-                if full in skip:
-                    continue  # already reported better (e.g. a missing *_file)
-                message = plain_message(error, _known_keys(model, error["loc"]))
-                # A missing or unknown key is reported on its mapping, at the key's own line when it has one.
-                shown = full[:-1] if error["type"] in ("missing", "extra_forbidden") else full
-                by_path.setdefault((shown, full), []).append(message)
-            for (shown, full), messages in by_path.items():
-                self.add(shown, merge_union_messages(messages), at=full)
-            return None
+        instance, issues = validate_model(model, data, self.located, base, origin, self.located.refused | skip)
+        self.issues += issues
+        return instance
 
     # -- defaults ------------------------------------------------------------------------------------------
 
@@ -287,7 +269,7 @@ class _Validator:
         if not isinstance(values, dict):
             self.add(("defaults", probe), f"should be a mapping of {probe} keys to default values")
             return {}
-        known = _field_keys(self.modules[probe].Config) - _NOT_DEFAULTABLE
+        known = field_keys(self.modules[probe].Config) - _NOT_DEFAULTABLE
         usable = {}
         for key, value in values.items():
             if key in known:
@@ -327,7 +309,7 @@ class _Validator:
             self.add(path, self._bad_probe(probe), at=(*path, "probe"))
             return _Checked(path, item, None)
         module = self.modules[probe]
-        merged, origin = _merge_defaults(item, defaults, probe, _field_keys(module.Config))
+        merged, origin = _merge_defaults(item, defaults, probe, field_keys(module.Config))
         file_errors = self._resolve_files(merged, (), origin, path)
         config = self._validate_model(module.Config, merged, path, origin, file_errors)
         if config is None or file_errors:
@@ -448,33 +430,5 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _field_keys(model: type[BaseModel]) -> set[str]:
-    """Return the YAML keys a model accepts (aliases where set)."""
-    return {f.alias or name for name, f in model.model_fields.items()}
-
-
-def _models_in(annotation: Any) -> set[type[BaseModel]]:
-    """Return the models reachable through Optional/Union/list/dict/Annotated in a field annotation."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return {annotation}
-    found: set[type[BaseModel]] = set()
-    for arg in get_args(annotation):
-        found |= _models_in(arg)
-    return found
-
-
-def _known_keys(model: type[BaseModel], loc: tuple) -> set[str]:
-    """Return the keys valid where an error's `loc` points (for "did you mean")."""
-    models = {model}
-    for part in loc[:-1]:
-        inner: set[type[BaseModel]] = set()
-        for candidate in models:
-            f = candidate.model_fields.get(part) if isinstance(part, str) else None
-            if f is not None:
-                inner |= _models_in(f.annotation)
-        if inner:
-            models = inner  # else: a list index, mapping key or union tag: same models
-    return set().union(*(_field_keys(m) for m in models))
-
-
-__all__ = ["AgentConfig", "AgentSection", "BoundTarget", "CollectorSection", "ScheduleSection", "SpoolSection", "ConfigError", "ConfigIssue", "load_config"]
+__all__ = ["AgentConfig", "AgentSection", "BoundTarget", "CollectorSection", "ScheduleSection", "SpoolSection",
+           "ConfigError", "ConfigIssue", "TOP_LEVEL_KEYS", "from_yaml", "load_config"]

@@ -1,55 +1,22 @@
 """Config errors for people: `file:line: key.path: plain message`, and pydantic errors turned into such lines.
 
 Every error carries the file, the line, the key path (`services.ioffice[0].url`) and a message a commune IT
-staffer can act on; an unknown key suggests the closest known one.
+staffer can act on; an unknown key suggests the closest known one. `validate_model` turns a pydantic model's
+errors on a loaded YAML document into such issues; the issue types themselves live with the loader
+(`yaml_marks`). Nothing here is specific to the agent: the collector's config uses it too.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, get_args
 
-from .yaml_marks import Path_
+from pydantic import BaseModel, ValidationError
+
+from .yaml_marks import ConfigError, ConfigIssue, LocatedYaml, Path_, format_path
 
 SLUG_HINT = "use lowercase ASCII letters, digits, '-', '_' or '.' (e.g. dong-loc); put names with diacritics in display_name"
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    """One config problem: where (file, 1-based line, key path) and what (message)."""
-
-    file: str
-    line: int
-    path: Path_
-    message: str
-
-    def __str__(self) -> str:
-        where = format_path(self.path)
-        return f"{self.file}:{self.line}: {where + ': ' if where else ''}{self.message}"
-
-
-class ConfigError(Exception):
-    """The config is invalid; `issues` holds every problem found, sorted by line."""
-
-    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
-        unique = {(i.file, i.line, i.path, i.message): i for i in issues}
-        self.issues = sorted(unique.values(), key=lambda i: (i.file, i.line))
-        super().__init__("\n".join(str(i) for i in self.issues))
-
-
-def format_path(path: Path_) -> str:
-    """Return `services.ioffice[0].url` for ("services", "ioffice", 0, "url"); odd keys are quoted."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
-            out += f".{part}" if out else part
-        else:
-            out += f'["{part}"]'
-    return out
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -62,7 +29,8 @@ def unknown_key(key: str, known: Iterable[str]) -> str:
     """Return the message for an unknown key: a suggestion, else the list of valid keys."""
     known = sorted(known)
     hint = suggest(key, known)
-    return f"unknown key '{key}'{hint or ' (valid keys: ' + ', '.join(known) + ')'}"
+    shown = key if len(key) <= 40 else key[:37] + "..."  # a hostile key must not flood the terminal
+    return f"unknown key '{shown}'{hint or ' (valid keys: ' + ', '.join(known) + ')'}"
 
 
 def show(value: Any) -> str:
@@ -151,14 +119,76 @@ def merge_union_messages(messages: list[str]) -> str:
     return unique[0] if len(unique) == 1 else "; or ".join(unique)
 
 
+def validate_model(
+    model: type[BaseModel], data: Any, located: LocatedYaml, base: Path_ = (),
+    origin: Mapping[str, Path_] | None = None, skip: Iterable[Path_] = (),
+) -> tuple[Any, list[ConfigIssue]]:
+    """Validate `data` (found at `base` in `located`) against `model`; return the instance or the issues.
+
+    `origin` maps a top-level key of `data` to where it was really written (values merged from elsewhere);
+    errors at or under a path in `skip` (already reported better, e.g. a value the loader refused) are dropped.
+    A missing or unknown key is reported on its mapping, at the key's own line when it has one.
+    """
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        errors = exc.errors()
+    skip = tuple(skip)
+    by_path: dict[tuple[Path_, Path_], list[str]] = {}
+    for error in errors:
+        loc = walk_loc(data, error["loc"], error["type"])
+        full = (*base, *loc)
+        if origin and loc and loc[0] in origin:
+            full = (*origin[loc[0]], *loc[1:])
+        if any(full[: len(s)] == s for s in skip):
+            continue
+        message = plain_message(error, known_keys(model, error["loc"]))
+        shown = full[:-1] if error["type"] in ("missing", "extra_forbidden") else full
+        by_path.setdefault((shown, full), []).append(message)
+    issues = [located.issue(shown, merge_union_messages(messages), at=full) for (shown, full), messages in by_path.items()]
+    return None, issues
+
+
+def field_keys(model: type[BaseModel]) -> set[str]:
+    """Return the YAML keys a model accepts (aliases where set)."""
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+def _models_in(annotation: Any) -> set[type[BaseModel]]:
+    """Return the models reachable through Optional/Union/list/dict/Annotated in a field annotation."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {annotation}
+    found: set[type[BaseModel]] = set()
+    for arg in get_args(annotation):
+        found |= _models_in(arg)
+    return found
+
+
+def known_keys(model: type[BaseModel], loc: tuple) -> set[str]:
+    """Return the keys valid where an error's `loc` points (for "did you mean")."""
+    models = {model}
+    for part in loc[:-1]:
+        inner: set[type[BaseModel]] = set()
+        for candidate in models:
+            f = candidate.model_fields.get(part) if isinstance(part, str) else None
+            if f is not None:
+                inner |= _models_in(f.annotation)
+        if inner:
+            models = inner  # else: a list index, mapping key or union tag: same models
+    return set().union(*(field_keys(m) for m in models))
+
+
 __all__ = [
     "ConfigError",
     "ConfigIssue",
+    "field_keys",
     "format_path",
+    "known_keys",
     "merge_union_messages",
     "plain_message",
     "show",
     "suggest",
     "unknown_key",
+    "validate_model",
     "walk_loc",
 ]

@@ -1,37 +1,109 @@
-"""Load YAML keeping the line of every key and item, and refusing duplicate keys.
+"""Load a YAML config within a budget, keeping the line of every key and item; every problem is a ConfigIssue.
 
-PyYAML's `safe_load` forgets where values came from and silently keeps the last of two equal keys. Config
-errors must say `file:line`, so we compose the node tree with `SafeLoader` and build plain Python values from
-it ourselves, recording one line per path: `("services", "ioffice", 0, "url") -> 14`.
+PyYAML's `safe_load` forgets where values came from, silently keeps the last of two equal keys, and has no
+budget: a 500-byte alias bomb expands to gigabytes, 5,000 nested brackets overflow Python's stack, a NUL byte or
+a 5,000-digit number raise a traceback. Config errors must instead say `file:line: key.path: message` (see
+`ConfigIssue`), so this module:
+
+- reads at most `Limits.max_bytes`, decodes UTF-8 itself and refuses control characters, line by line;
+- composes the node tree with `SafeLoader`, checking on the event stream, *before* each recursion, the nesting
+  depth (aliases included), the number of nodes and the nodes reached again through aliases;
+- builds plain Python values from the nodes itself, recording one line per path
+  (`("services", "ioffice", 0, "url") -> 14`), refusing duplicate keys, too-long numbers, inf and nan.
+
+Nothing here knows what an agent or a collector is: both configs use it (it is meant to move to `core/`).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 import yaml
 
 Path_ = tuple[str | int, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_INT_TAG = "tag:yaml.org,2002:int"
+# `a: <<` and `a: =` resolve to tags PyYAML cannot construct: as values they are just words.
+_WORD_TAGS = ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+# What YAML allows in a stream (PyYAML's Reader refuses the rest with a traceback, not a line).
+_NOT_PRINTABLE = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+_CONTROL_NAMES = {0: "a NUL byte", 0x1B: "an ESC character", 0x7F: "a DEL character"}
 
 
 @dataclass(frozen=True, slots=True)
-class YamlIssue:
-    """A problem found while reading the YAML itself: 1-based `line`, the key `path`, a `message`."""
+class Limits:
+    """What one config file may cost to read. Real configs use a few hundred nodes and a few kB."""
 
+    max_bytes: int = 1 << 20  # 1 MiB
+    max_nodes: int = 50_000  # keys, values and items written in the file
+    max_alias_nodes: int = 10_000  # nodes reached again through `*alias` and `<<: *alias`
+    max_depth: int = 64  # nested mappings and lists, counting what aliases bring in
+    max_digits: int = 18  # a whole number fits in 64 bits
+    max_issues: int = 20  # bad lines reported (encoding, control characters) before stopping
+
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One config problem: where (file, 1-based line, key path) and what (message)."""
+
+    file: str
     line: int
     path: Path_
     message: str
 
+    def __str__(self) -> str:
+        where = format_path(self.path)
+        return f"{self.file}:{self.line}: {where + ': ' if where else ''}{self.message}"
+
+
+class ConfigError(Exception):
+    """The config is invalid; `issues` holds every problem found, sorted by line."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        unique = {(i.file, i.line, i.path, i.message): i for i in issues}
+        self.issues = sorted(unique.values(), key=lambda i: (i.file, i.line))
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def format_path(path: Path_) -> str:
+    """Return `services.ioffice[0].url` for ("services", "ioffice", 0, "url"); odd keys are quoted.
+
+    A path deeper than 12 shows its first 8 and last 3 parts around `…` (a hostile file can nest 64 deep).
+    """
+    if len(path) > 12:
+        return _join(path[:8]) + "…" + _join(path[-3:], first=False)
+    return _join(path)
+
+
+def _join(parts: Path_, first: bool = True) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
+            out += f".{part}" if out or not first else part
+        else:
+            shown = part if len(part) <= 40 else part[:37] + "..."  # a hostile key must not flood the terminal
+            out += f'["{shown}"]'
+    return out
+
 
 @dataclass(slots=True)
 class LocatedYaml:
-    """The parsed document, the line of every path in it, and problems found while reading it."""
+    """The parsed document of `file`, the line of every path in it, and problems found while reading it."""
 
     data: Any
+    file: str = "<config>"
     lines: dict[Path_, int] = field(default_factory=dict)
-    issues: list[YamlIssue] = field(default_factory=list)
+    issues: list[ConfigIssue] = field(default_factory=list)
+    refused: set[Path_] = field(default_factory=set)  # values the loader replaced by None (already reported)
 
     def line_of(self, path: Path_) -> int:
         """Return the line of `path`, or of its closest ancestor that has one (1 for the document)."""
@@ -42,35 +114,99 @@ class LocatedYaml:
             path = path[:-1]
         return self.lines.get((), 1)
 
-
-class YamlSyntaxError(Exception):
-    """The text is not YAML: `line` (1-based) and a plain `message`."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(f"line {line}: {message}")
-        self.line = line
-        self.message = message
+    def issue(self, path: Path_, message: str, *, at: Path_ | None = None) -> ConfigIssue:
+        """Return an issue shown with key path `path`, on the line of `at` (default: `path`)."""
+        return ConfigIssue(self.file, self.line_of(path if at is None else at), tuple(path), message)
 
 
-def load_yaml(text: str) -> LocatedYaml:
-    """Parse one YAML document into plain values plus line numbers; raise YamlSyntaxError on bad syntax."""
-    loader = yaml.SafeLoader(text)
+def read_yaml(path: str | Path, limits: Limits = LIMITS) -> LocatedYaml:
+    """Read and load the YAML file `path`; raise ConfigError when it cannot be read or loaded at all."""
+    file = str(path)
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(limits.max_bytes + 1)  # never more than the budget, whatever the file's size
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(file, 1, (), f"cannot read the file: {exc.strerror or exc}")]) from None
+    return load_yaml(raw, file, limits)
+
+
+def load_yaml(source: str | bytes, file: str = "<config>", limits: Limits = LIMITS) -> LocatedYaml:
+    """Load one YAML document into plain values plus line numbers; raise ConfigError when it cannot be loaded.
+
+    Problems that leave the rest readable (a duplicate key, a number too long) are in the result's `issues`,
+    with the refused value replaced by None.
+    """
+    raw = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+    if len(raw) > limits.max_bytes:
+        raise ConfigError([ConfigIssue(file, 1, (), f"the file is larger than {_size(limits.max_bytes)}: a config "
+                                       f"is at most {_size(limits.max_bytes)} (is this the right file?)")])
+    text = _decode(raw, file, limits) if isinstance(source, bytes) else source
+    _check_characters(text, file, limits)
+    loader = _BudgetLoader(text, limits)
     try:
         node = loader.get_single_node()
-        result = LocatedYaml(None)
+        result = LocatedYaml(None, file)
         if node is not None:
             result.lines[()] = node.start_mark.line + 1
-            result.data = _Builder(loader, result).build(node, ())
+            result.data = _Builder(loader, result, limits).build(node, ())
         return result
+    except _Refused as exc:
+        raise ConfigError([ConfigIssue(file, exc.line, loader.where(), exc.message)]) from None
     except yaml.MarkedYAMLError as exc:
-        raise _syntax_error(exc) from exc
+        line, message = _syntax_error(exc)
+        raise ConfigError([ConfigIssue(file, line, loader.where(), message)]) from None
     except yaml.YAMLError as exc:
-        raise YamlSyntaxError(1, f"YAML syntax error: {exc}") from exc
+        raise ConfigError([ConfigIssue(file, 1, loader.where(), f"YAML syntax error: {exc}")]) from None
     finally:
         loader.dispose()
 
 
-def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 1 << 20 and not count % (1 << 20) else f"{count:,} bytes"
+
+
+# -- text ------------------------------------------------------------------------------------------------
+
+
+def _decode(raw: bytes, file: str, limits: Limits) -> str:
+    """Return the UTF-8 text of `raw`; raise ConfigError naming every line that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 BOM: no line of it will decode
+        raise ConfigError([ConfigIssue(file, 1, (), "the file is not UTF-8 text: save it as UTF-8")])
+    issues = []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte = line[exc.start]
+            issues.append(ConfigIssue(file, number, (), f"the file is not UTF-8 text (byte 0x{byte:02x} at "
+                                      f"column {exc.start + 1}): save it as UTF-8"))
+            if len(issues) >= limits.max_issues:
+                break
+    raise ConfigError(issues)
+
+
+def _check_characters(text: str, file: str, limits: Limits) -> None:
+    """Raise ConfigError naming every line with a character YAML does not allow (NUL, other controls)."""
+    issues = []
+    for match in _NOT_PRINTABLE.finditer(text):
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        code = ord(match.group())
+        name = _CONTROL_NAMES.get(code, "a control character" if code < 0x100 else "a character YAML does not allow")
+        issues.append(ConfigIssue(file, text.count("\n", 0, match.start()) + 1, (),
+                                  f"{name} (U+{code:04X}) at column {match.start() - line_start + 1}: "
+                                  "a config is plain text; delete it"))
+        if len(issues) >= limits.max_issues:
+            break
+    if issues:
+        raise ConfigError(issues)
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
+    """Return the line and a plain message of a PyYAML error."""
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark else 1
     problem = exc.problem or "invalid YAML"
@@ -81,53 +217,179 @@ def _syntax_error(exc: yaml.MarkedYAMLError) -> YamlSyntaxError:
     elif exc.context:
         problem = f"{problem} ({exc.context})"
     column = f", column {mark.column + 1}" if mark else ""
-    return YamlSyntaxError(line, f"YAML syntax error{column}: {problem}")
+    return line, f"YAML syntax error{column}: {problem}"
+
+
+# -- composing within the budget -----------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """The document is over budget at `line`."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+_KEY = object()  # a path marker: composing a mapping's key (errors there belong to the mapping)
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """A SafeLoader whose composer counts nodes, alias expansion and depth before it recurses.
+
+    PyYAML's scanner and parser are iterative; only the composer recurses, once per nesting level, and it
+    follows aliases for free. So every check happens in `compose_node`, on the next event, before going deeper.
+    """
+
+    def __init__(self, text: str, limits: Limits) -> None:
+        super().__init__(text)
+        self.limits = limits
+        self.nodes = 0
+        self.aliased = 0
+        self.open: list[list[int]] = []  # per open collection: [nodes inside, height of its deepest child]
+        self.sizes: dict[int, tuple[int, int]] = {}  # id(anchored node) -> (nodes, height) once complete
+        self.path: list[Any] = []  # where the composer is, for error messages
+
+    def where(self) -> Path_:
+        """Return the key path being composed (for an error raised there)."""
+        return tuple(part for part in self.path if part is not _KEY)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.path.append(_path_part(parent, index))
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._alias(node, event)
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            self._count(event)
+            if len(self.open) >= self.limits.max_depth:
+                raise _Refused(event.start_mark.line + 1, f"nested deeper than {self.limits.max_depth} levels: "
+                               "a config needs a handful")
+            self.open.append([1, 0])
+            node = super().compose_node(parent, index)
+            self._close(node, event)
+        else:
+            self._count(event)
+            node = super().compose_node(parent, index)
+            self._child(1, 0)
+            if event.anchor is not None:
+                self.sizes[id(node)] = (1, 0)
+        self.path.pop()  # not in `finally`: after an error the path says where it happened
+        return node
+
+    def _count(self, event: yaml.Event) -> None:
+        self.nodes += 1
+        if self.nodes > self.limits.max_nodes:
+            raise _Refused(event.start_mark.line + 1, f"more than {self.limits.max_nodes:,} keys and values: "
+                           "a config needs a few hundred (is this the right file?)")
+
+    def _close(self, node: yaml.Node, event: yaml.Event) -> None:
+        size, deepest = self.open.pop()
+        self._child(size, deepest + 1)
+        if event.anchor is not None:
+            self.sizes[id(node)] = (size, deepest + 1)
+
+    def _child(self, size: int, height: int) -> None:
+        if self.open:
+            frame = self.open[-1]
+            frame[0] += size
+            frame[1] = max(frame[1], height)
+
+    def _alias(self, node: yaml.Node, event: yaml.AliasEvent) -> None:
+        line = event.start_mark.line + 1
+        if id(node) not in self.sizes:  # its anchor's node is still open: the alias is inside it
+            raise _Refused(line, f"alias *{event.anchor} is inside the value it names (a recursive alias)")
+        size, height = self.sizes[id(node)]
+        self.aliased += size
+        if self.aliased > self.limits.max_alias_nodes:
+            raise _Refused(line, f"alias *{event.anchor} brings the values repeated through aliases to more than "
+                           f"{self.limits.max_alias_nodes:,} (an alias bomb?)")
+        if len(self.open) + height > self.limits.max_depth:
+            raise _Refused(line, f"alias *{event.anchor} nests values deeper than {self.limits.max_depth} levels")
+        self._child(size, height)
+
+
+def _path_part(parent: yaml.Node | None, index: Any) -> Any:
+    """Return the path element of the node composed under `parent` at `index` (PyYAML's arguments)."""
+    if isinstance(parent, yaml.SequenceNode):
+        return index
+    if isinstance(parent, yaml.MappingNode) and isinstance(index, yaml.ScalarNode):
+        return str(index.value)
+    return _KEY
+
+
+# -- building plain values -----------------------------------------------------------------------------------
 
 
 class _Builder:
-    """Turns composed nodes into dicts, lists and scalars, recording lines and duplicate keys."""
+    """Turns composed nodes into dicts, lists and scalars, recording lines, duplicate keys and refused values."""
 
-    def __init__(self, loader: yaml.SafeLoader, out: LocatedYaml) -> None:
+    def __init__(self, loader: yaml.SafeLoader, out: LocatedYaml, limits: Limits) -> None:
         self.loader = loader
         self.out = out
-        self.depth = 0
+        self.limits = limits
+
+    def add(self, line: int, path: Path_, message: str) -> None:
+        self.out.issues.append(ConfigIssue(self.out.file, line, path, message))
+
+    def refuse(self, line: int, path: Path_, message: str) -> None:
+        """Report a value that is replaced by None: validation must not report it again."""
+        self.add(line, path, message)
+        self.out.refused.add(path)
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
-        self.depth += 1
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                self.out.lines.setdefault((*path, index), item.start_mark.line + 1)
+                items.append(self.build(item, (*path, index)))
+            return items
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
+        """Construct one scalar; a value PyYAML cannot or should not construct becomes an issue and None."""
+        line = node.start_mark.line + 1
+        if node.tag == _INT_TAG and _digits(node.value) > self.limits.max_digits:
+            self.refuse(line, path, f"{_show(node.value)} is too large a number: at most {self.limits.max_digits} digits")
+            return None
+        if node.tag in _WORD_TAGS:
+            return node.value
         try:
-            if self.depth > 64:  # a recursive alias (&a [*a]) would never end
-                raise YamlSyntaxError(node.start_mark.line + 1, "YAML nesting too deep (a recursive alias?)")
-            if isinstance(node, yaml.MappingNode):
-                return self._mapping(node, path)
-            if isinstance(node, yaml.SequenceNode):
-                items = []
-                for index, item in enumerate(node.value):
-                    self.out.lines.setdefault((*path, index), item.start_mark.line + 1)
-                    items.append(self.build(item, (*path, index)))
-                return items
-            return self.loader.construct_object(node, deep=True)
-        finally:
-            self.depth -= 1
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:  # an unknown !tag
+            self.refuse(line, path, f"cannot read {_show(node.value)}: {exc.problem} (quote the value to keep it as text)")
+            return None
+        except Exception as exc:  # PyYAML's scalar constructors raise ValueError, KeyError...: 2001-13-45, !!bool x
+            detail = f" ({exc})" if type(exc) is ValueError else ""
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.refuse(line, path, f"cannot read {_show(node.value)} as {tag}{detail}: quote it to keep it as text")
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.refuse(line, path, f"{_show(node.value)} is not a finite number")
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**self.limits.max_digits:
+            self.refuse(line, path, f"{_show(node.value)} is too large a number: at most {self.limits.max_digits} digits")
+            return None
+        return value
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
-        own = [pair for pair in node.value if pair[0].tag != _MERGE_TAG]
-        self.loader.flatten_mapping(node)  # resolves `<<: *anchor`; merged pairs come first
-        merged = node.value[: len(node.value) - len(own)]
+        merged, own = self._pairs(node, path)
         result: dict[str, Any] = {}
         first_line: dict[str, int] = {}
         for index, (key_node, value_node) in enumerate([*merged, *own]):
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
-                self.out.issues.append(YamlIssue(line, path, "a key must be a plain word, not a list or mapping"))
+                self.add(line, path, "a key must be a plain word, not a list or mapping")
                 continue
             # The key's source text: `on:`/`no:` stay words instead of YAML 1.1 booleans.
             key = str(key_node.value)
             is_own = index >= len(merged)
             if is_own and key in first_line:
-                self.out.issues.append(
-                    YamlIssue(line, (*path, key), f"duplicate key '{key}' (first at line {first_line[key]}): "
-                              "keep only one")
-                )
+                self.add(line, (*path, key), f"duplicate key '{_show_key(key)}' (first at line {first_line[key]}): "
+                         "keep only one")
                 continue
             if is_own:  # an own key may override a merged one; two own keys may not
                 first_line[key] = line
@@ -135,5 +397,44 @@ class _Builder:
             result[key] = self.build(value_node, (*path, key))
         return result
 
+    def _pairs(self, node: yaml.MappingNode, path: Path_) -> tuple[list, list]:
+        """Return the pairs `<<:` merges in (earlier sources win, as in PyYAML) and the mapping's own pairs.
 
-__all__ = ["LocatedYaml", "YamlIssue", "YamlSyntaxError", "load_yaml"]
+        Unlike PyYAML's `flatten_mapping` this does not change the nodes: a mapping reached again through an
+        alias must look the same the second time.
+        """
+        merged: list = []
+        own: list = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            if not all(isinstance(source, yaml.MappingNode) for source in sources):
+                self.add(key_node.start_mark.line + 1, path,
+                         "'<<' merges a mapping (<<: *name) or a list of them (<<: [*a, *b]), nothing else")
+                continue
+            for source in reversed(sources):
+                merged += [pair for part in self._pairs(source, path) for pair in part]
+        return merged, own
+
+
+def _digits(text: str) -> int:
+    """Return how many digits a YAML 1.1 integer's text has (hex letters count; sign, prefix and _ do not)."""
+    body = text.lstrip("+-").replace("_", "")
+    if body[:2].lower() in ("0x", "0b", "0o"):
+        body = body[2:]
+    return sum(char.isalnum() for char in body)
+
+
+def _show(text: str) -> str:
+    """Return a short quoted form of a value's source text."""
+    return repr(text) if len(text) <= 40 else repr(text[:30]) + f"... ({len(text)} characters)"
+
+
+def _show_key(key: str) -> str:
+    return key if len(key) <= 40 else key[:37] + "..."
+
+
+__all__ = ["ConfigError", "ConfigIssue", "LIMITS", "Limits", "LocatedYaml", "Path_", "format_path", "load_yaml",
+           "read_yaml"]

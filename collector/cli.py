@@ -8,10 +8,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from probes.base import parse_duration
-
 from .auth import Auth
-from .config import CollectorConfig, CollectorConfigError, load_config
+from .config import CollectorConfig, CollectorConfigError, load_config, parse_ttl
 from .db import connect
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -21,7 +19,7 @@ def _load(path: str) -> CollectorConfig | None:
     try:
         return load_config(path)
     except CollectorConfigError as exc:
-        print("\n".join(exc.issues), file=sys.stderr)
+        print("\n".join(str(issue) for issue in exc.issues), file=sys.stderr)
         return None
 
 
@@ -38,11 +36,16 @@ def run(path: str) -> int:
 
 def token_create(path: str, commune: str, ttl: str | None = None) -> int:
     """Print a new one-time enrollment token for `commune` (and the CA fingerprint agents pin)."""
+    try:
+        ttl_s = parse_ttl(ttl) if ttl is not None else None
+    except ValueError as exc:  # before the config: a wrong argument is told as such, whatever the file says
+        print(f"cmon collector token create: --ttl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     config = _load(path)
     if config is None:
         return EXIT_USAGE
+    ttl_s = config.token_ttl if ttl_s is None else ttl_s
     try:
-        ttl_s = parse_duration(ttl) if ttl else config.token_ttl
         conn = connect(config.db_path())
         try:
             token = Auth(conn, config.province).create_token(commune, ttl_s)
@@ -95,7 +98,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     create = token_sub.add_parser("create", help="print a one-time enrollment token for a commune")
     create.add_argument("-c", "--config", required=True, metavar="FILE", help="collector config YAML file")
     create.add_argument("--commune", required=True, help="the commune the enrolled agent will belong to")
-    create.add_argument("--ttl", help="how long the token is valid (e.g. 24h, 30m; default: token_ttl)")
+    create.add_argument("--ttl", help="how long the token is valid (e.g. 24h, 7d, at most 30 days; default: token_ttl)")
     create.set_defaults(func=lambda a: token_create(a.config, a.commune, a.ttl))
     rev = sub.add_parser("revoke", help="revoke an agent's credential (its requests get 403)")
     rev.add_argument("-c", "--config", required=True, metavar="FILE", help="collector config YAML file")

@@ -1,45 +1,76 @@
 """The collector's YAML configuration (docs/collector.md): listener, TLS, the database, data folder, limits.
 
-`load_config(path)` returns a `CollectorConfig` or raises `CollectorConfigError` listing every problem with its
-key path. HTTPS is the default: plain HTTP needs `listen.allow_http: true` (a trusted network only: credentials
-would travel in clear). Relative paths are relative to the config file's folder.
+`load_config(path)` returns a `CollectorConfig` or raises `CollectorConfigError` listing every problem as
+`file:line: key.path: message`, read by the same budgeted loader as the agent's config (agent/yaml_marks.py:
+duplicate keys, alias bombs, deep nesting, control characters and huge numbers are errors with their line).
+HTTPS is the default: plain HTTP needs `listen.allow_http: true` (a trusted network only: credentials would
+travel in clear). Relative paths are relative to the config file's folder. Every duration is bounded:
+`limits.max_future` by what VictoriaMetrics keeps (see `MAX_FUTURE`), `token_ttl` by `MAX_TOKEN_TTL`.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import AnyHttpUrl, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, AnyHttpUrl, BeforeValidator, Field, model_validator
 
 from agent.config import ByteSize
-from probes.base import Duration, Slug, StrictModel
+from agent.config_errors import validate_model
+from agent.yaml_marks import ConfigError, ConfigIssue, LocatedYaml, read_yaml
+from probes.base import DAY, Duration, Slug, StrictModel, format_duration, parse_duration
 
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(h|d|w|y)\s*$")
 _SPAN_S = {"h": 3600, "d": 86_400, "w": 7 * 86_400, "y": 365 * 86_400}
+# VM's -retentionPeriod is at least 1d and at most 100y.
+_SPAN_MIN, _SPAN_MAX = 86_400.0, 100 * 365 * 86_400.0
+# VictoriaMetrics drops samples more than 2 days ahead of its clock and still answers 204 (lib/storage/table.go,
+# getMinMaxTimestamps: `now + 2*24*3600*1000`; counted in vm_rows_ignored_total{reason="big_timestamp"}).
+# Accepting up to 1 day ahead leaves a day for the collector's and VM's clocks to differ.
+VM_FUTURE_LIMIT = 2 * DAY
+MAX_FUTURE = DAY
+MAX_TOKEN_TTL = 30 * DAY  # an enrollment token is a secret: a month is long enough to reach any commune
 # Tag keys a payload may carry besides the identity tags (which the collector sets itself).
 DEFAULT_TAG_KEYS = ("service", "target", "probe", "line", "mount", "interface", "battery", "version")
 
 
 def parse_span(value: Any) -> float:
-    """Return seconds from a VictoriaMetrics-style span: `30d`, `2w`, `1y`, `12h`."""
-    match = _SPAN.match(str(value))
-    if isinstance(value, bool) or not match:
-        raise ValueError(f"{value!r} is not a span: write e.g. 30d, 2w, 1y (the same as VM's -retentionPeriod)")
-    return float(match.group(1)) * _SPAN_S[match.group(2)]
+    """Return seconds from a VictoriaMetrics-style span: `30d`, `2w`, `1y`, `12h` (1d to 100y, as VM allows)."""
+    match = _SPAN.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{str(value)[:40]!r} is not a span: write e.g. 30d, 2w, 1y (the same as VM's -retentionPeriod)")
+    seconds = float(match.group(1)) * _SPAN_S[match.group(2)]  # 400 digits make inf, refused here
+    if not _SPAN_MIN <= seconds <= _SPAN_MAX:
+        raise ValueError(f"{value[:40]!r} is outside what VM's -retentionPeriod accepts: 1d to 100y")
+    return seconds
+
+
+def check_max_future(seconds: float) -> float:
+    """Refuse a `limits.max_future` that would let through samples VictoriaMetrics silently drops."""
+    if seconds > MAX_FUTURE:
+        raise ValueError(
+            f"{format_duration(seconds)} is too far ahead: VictoriaMetrics drops samples more than "
+            f"{format_duration(VM_FUTURE_LIMIT)} ahead of its own clock while answering 204, so they would be "
+            f"acknowledged and lost; use at most {format_duration(MAX_FUTURE)} (a day's margin for the clocks)")
+    return seconds
+
+
+def parse_ttl(value: Any) -> float:
+    """Return an enrollment token's lifetime in seconds (`24h`, `7d`; at most 30 days); ValueError otherwise."""
+    return parse_duration(value, maximum=MAX_TOKEN_TTL)
 
 
 Span = Annotated[float, BeforeValidator(parse_span)]
+FutureLimit = Annotated[float, BeforeValidator(partial(parse_duration, maximum=math.inf)),
+                        AfterValidator(check_max_future)]
+TokenTTL = Annotated[float, BeforeValidator(parse_ttl)]
 
 
-class CollectorConfigError(Exception):
-    """The collector config is wrong; `issues` lists every problem as `path: message`."""
-
-    def __init__(self, path: str, issues: list[str]) -> None:
-        super().__init__(f"{path}: " + "; ".join(issues))
-        self.issues = [f"{path}: {issue}" for issue in issues]
+class CollectorConfigError(ConfigError):
+    """The collector config is wrong; `issues` lists every problem (`file:line: key.path: message`)."""
 
 
 class ListenSection(StrictModel):
@@ -81,7 +112,7 @@ class LimitsSection(StrictModel):
     max_decompressed: ByteSize = 8_000_000  # bytes after gunzip: a gzip bomb stops here
     max_measurements: int = Field(default=5000, ge=1, le=100_000)  # per batch
     max_series_per_agent: int = Field(default=2000, ge=1)  # distinct (measurement, tags) per agent
-    max_future: Duration = 600.0  # timestamps further ahead than this are refused (the agent corrects its clock)
+    max_future: FutureLimit = 600.0  # timestamps further ahead are refused (the agent corrects its clock); ≤ 1 day
     max_tag_value: int = Field(default=200, ge=1, le=4096)  # characters
     retry_after: int = Field(default=30, ge=1, le=3600)  # seconds, sent with 503 when the database is unavailable
     max_inflight: int = Field(default=32, ge=1, le=4096)  # ingest requests past authentication at once; more → 503
@@ -97,7 +128,7 @@ class CollectorConfig(StrictModel):
     listen: ListenSection
     database: DatabaseSection
     limits: LimitsSection = Field(default_factory=LimitsSection)
-    token_ttl: Duration = 24 * 3600.0  # default lifetime of an enrollment token
+    token_ttl: TokenTTL = 24 * 3600.0  # default lifetime of an enrollment token (at most MAX_TOKEN_TTL)
     views_token: str | None = None  # Bearer token for GET /api/v1/agents from other hosts (loopback: always)
 
     @property
@@ -110,15 +141,59 @@ class CollectorConfig(StrictModel):
         return Path(self.data_dir) / "collector.sqlite"
 
 
+TOP_LEVEL_KEYS = frozenset(CollectorConfig.model_fields)  # how `cmon check-config` tells a collector config
+
+
 def parse_config(data: Any, *, base: Path | None = None, name: str = "<config>") -> CollectorConfig:
     """Validate a loaded mapping; relative paths are resolved against `base`."""
+    return from_yaml(LocatedYaml(data, name), base)
+
+
+def load_config(path: str | Path) -> CollectorConfig:
+    """Read and validate a collector YAML file; raise CollectorConfigError with every problem."""
     try:
-        config = CollectorConfig.model_validate(data)
-    except ValidationError as exc:
-        issues = [f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()]
-        raise CollectorConfigError(name, issues) from None
-    if base is None:
-        return config
+        located = read_yaml(path)
+    except ConfigError as exc:
+        raise CollectorConfigError(exc.issues) from None
+    return from_yaml(located, Path(path).resolve().parent, check_files=True)
+
+
+def from_yaml(located: LocatedYaml, base: Path | None = None, *, check_files: bool = False) -> CollectorConfig:
+    """Validate a loaded collector config (`read_yaml`); with `check_files`, the listen.*_file files must exist."""
+    issues = list(located.issues)
+    data = located.data
+    if not isinstance(data, dict):
+        what = "empty" if data is None else "not a mapping"
+        issues.append(located.issue((), f"the file is {what}: it needs at least the keys province:, listen: and "
+                                        "database:"))
+        raise CollectorConfigError(issues)
+    config, invalid = validate_model(CollectorConfig, data, located, skip=located.refused)
+    issues += invalid
+    if check_files:
+        issues += _missing_files(located, base)
+    if issues or config is None:
+        raise CollectorConfigError(issues)
+    return config if base is None else _resolved(config, base)
+
+
+def _missing_files(located: LocatedYaml, base: Path | None) -> list[ConfigIssue]:
+    """Return an issue for each listen.*_file that names no file (relative to `base`)."""
+    listen = located.data.get("listen")
+    issues = []
+    for key in ("cert_file", "key_file", "ca_file"):
+        value = listen.get(key) if isinstance(listen, dict) else None
+        if not isinstance(value, str) or not value:
+            continue  # absent, or its type is reported by validation
+        file = Path(value).expanduser()
+        file = file if file.is_absolute() or base is None else base / file
+        if not file.is_file():
+            issues.append(located.issue(("listen", key), f"file not found: {file} (a relative path is relative to "
+                                        "the config file's folder)"))
+    return issues
+
+
+def _resolved(config: CollectorConfig, base: Path) -> CollectorConfig:
+    """Return `config` with its relative paths made relative to `base`."""
     listen = config.listen
     return config.model_copy(update={
         "data_dir": str(base / config.data_dir),
@@ -130,19 +205,6 @@ def parse_config(data: Any, *, base: Path | None = None, name: str = "<config>")
     })
 
 
-def load_config(path: str | Path) -> CollectorConfig:
-    """Read and validate a collector YAML file; raise CollectorConfigError with every problem."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CollectorConfigError(str(path), [str(exc)]) from None
-    config = parse_config(data, base=path.resolve().parent, name=str(path))
-    missing = [f"listen.{key}: no such file: {value}" for key in ("cert_file", "key_file", "ca_file")
-               if (value := getattr(config.listen, key)) and not Path(value).is_file()]
-    if missing:
-        raise CollectorConfigError(str(path), missing)
-    return config
-
-
-__all__ = ["CollectorConfig", "CollectorConfigError", "DEFAULT_TAG_KEYS", "load_config", "parse_config", "parse_span"]
+__all__ = ["CollectorConfig", "CollectorConfigError", "DEFAULT_TAG_KEYS", "MAX_FUTURE", "MAX_TOKEN_TTL", "TOP_LEVEL_KEYS",
+           "from_yaml",
+           "load_config", "parse_config", "parse_span", "parse_ttl"]

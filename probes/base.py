@@ -8,6 +8,7 @@ The runner (agent/runner.py) adds the timeout around it and identity tags after 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,24 +18,46 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from .measurement import Measurement
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
+DAY = 86_400.0
 
 
-def parse_duration(value: Any) -> float:
-    """Return seconds from `5`, `2.5`, `"500ms"`, `"30s"`, `"2m"` or `"1h"`."""
+def parse_duration(value: Any, maximum: float = DAY) -> float:
+    """Return seconds from `5`, `2.5`, `"500ms"`, `"30s"`, `"2m"`, `"1h"` or `"1d"`: more than 0, at most `maximum`.
+
+    The bound keeps absurd values (`1e400`, 400 digits) from becoming inf or an overflow later.
+    """
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '30s', '500ms', '2m'")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = float(value) if isinstance(value, float) or abs(value) < 10**18 else math.inf
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise ValueError(f"{value!r} is not a duration: write e.g. 5s, 500ms, 2m")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            raise ValueError(f"{_shown(value)} is not a duration: write e.g. 5s, 500ms, 2m")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]  # 400 digits make inf, refused below
+    if math.isnan(seconds):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '500ms', '2m'")
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
+    if seconds > maximum:
+        shown = "a number that large" if isinstance(value, int) and seconds == math.inf else _shown(value)
+        raise ValueError(f"{shown} is too long: a duration here is at most {format_duration(maximum)}")
     return seconds
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, (str, float)) else repr(str(value))
+    return text if len(text) <= 40 else text[:30] + f"...' ({len(text) - 2} characters)"
+
+
+def format_duration(seconds: float) -> str:
+    """Return `24h`, `90m`, `30s` or `0.5s`: the largest unit that writes `seconds` exactly."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
