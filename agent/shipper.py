@@ -126,7 +126,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True, and float("²") raises
         return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
@@ -140,7 +140,7 @@ def _wait(state: RetryCallState) -> float:
     1 s → 2 min, with jitter."""
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, ShipError) and exc.local:  # our own disk: check again soon, it is free to ask
-        return wait_exponential_jitter(initial=0.5, max=10, jitter=0.5)(state)
+        return wait_exponential_jitter(multiplier=0.5, max=10, jitter=0.5)(state)
     if isinstance(exc, ShipError) and exc.retry_after is not None:
         return exc.retry_after + random.uniform(0, min(5.0, exc.retry_after * 0.1))
     if isinstance(exc, ShipError) and exc.status == 403:
@@ -351,7 +351,7 @@ class Shipper:
             self.stats.failures_total += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             raise ShipError(f"cannot reach the collector: {self.stats.last_error}") from exc
-        if server and server.isdigit():
+        if server and server.isascii() and server.isdigit():
             self.clock.update(sent, received, float(server))
         self.stats.last_status = status
         try:

@@ -132,12 +132,11 @@ class Supervisor:
         if health.waiting:
             health.state = FAILED
             task.cancel()
-        elif ask is not None:
-            ask()
-        if not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except TimeoutError:
+        else:
+            if ask is not None:
+                ask()
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
                 task.cancel()
         await asyncio.gather(task, return_exceptions=True)  # its errors were logged and counted by _keep
 

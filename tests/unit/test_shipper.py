@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import logging
+import sqlite3
 import ssl
 import time
 from pathlib import Path
@@ -303,3 +304,69 @@ async def test_https_with_the_pinned_province_ca(tmp_path: Path) -> None:
         assert c.seqs() == [1, 2]
     finally:
         await runner.cleanup()
+
+
+class StuckDiskSpool(MemorySpool):
+    """The spool on a full disk: its first `failures` acks raise SQLite's real 'database or disk is full' error."""
+
+    def __init__(self, measurements: list[Measurement], failures: int) -> None:
+        super().__init__(measurements)
+        self.failures = failures
+        self.ack_calls = 0
+
+    def ack(self, first: int, last: int) -> None:
+        self.ack_calls += 1
+        if self.ack_calls <= self.failures:
+            raise sqlite3.OperationalError("database or disk is full")
+        super().ack(first, last)
+
+
+async def test_an_ack_the_spool_cannot_write_is_retried_without_resending_and_shipping_goes_on(
+        collector: Collector, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.shipper")
+    spool = StuckDiskSpool(measurements(6), failures=3)
+    async with shipper_for(spool, collector.url, batch_max=3) as shipper:
+        task = asyncio.create_task(shipper.run())
+        try:
+            await asyncio.sleep(0.3)
+            assert shipper.stats.spool_failing and len(spool.rows) == 6  # still stuck on the first ack
+            deadline = time.monotonic() + 15
+            while spool.rows and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not task.done()  # the failed acks never ended the shipping task
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert spool.acked == [(1, 3), (4, 6)]
+    assert collector.seqs() == list(range(1, 7))  # the collector had the batch: it was not sent again
+    assert shipper.stats.spool_errors_total == 3 and not shipper.stats.spool_failing
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "disk is full" in errors[0]  # said once per episode
+
+
+async def test_lost_ranges_ride_along_until_a_batch_carrying_them_is_acknowledged(collector: Collector) -> None:
+    pending = [[3, 3, "damaged spool row: cannot decompress"]]
+    reported: list[list] = []
+    answers = iter([(503, {"error": "database unavailable"}, {"Retry-After": "0"})])
+    collector.decide = lambda p: next(answers, (200, {}, {}))
+    spool = MemorySpool(measurements(2))
+    async with shipper_for(spool, collector.url, lost=lambda: pending,
+                           lost_reported=lambda r: reported.extend(r)) as shipper:
+        await drain(shipper, spool)
+        assert [b.get("lost") for b in collector.batches] == [pending]  # also on the 503'd attempt
+        assert reported == pending  # only after the 2xx
+        pending.clear()
+        spool.rows[3] = measurements(1)[0]
+        await drain(shipper, spool)
+    assert "lost" not in collector.batches[-1]  # optional: absent when nothing was lost
+
+
+async def test_a_hostile_retry_after_or_server_time_header_is_ignored_not_fatal(collector: Collector) -> None:
+    # "²" passes str.isdigit() and float("²") raises: this used to end the shipping task for good.
+    answers = iter([(503, {"error": "busy"}, {"Retry-After": "²", "X-Server-Time-Ms": "²"})])
+    collector.decide = lambda p: next(answers, (200, {}, {}))
+    spool = MemorySpool(measurements(2))
+    async with shipper_for(spool, collector.url) as shipper:
+        await drain(shipper, spool)
+    assert spool.acked == [(1, 2)]
+    assert parse_retry_after("²") is None

@@ -1,7 +1,11 @@
-"""agent.spool: gap-free seqs, live-first batches, ack/quarantine, eviction ranges, kill -9 mid-stream."""
+"""agent.spool: gap-free seqs, live-first batches, ack/quarantine, eviction ranges, kill -9 mid-stream; damaged
+rows, corrupt pages (real bytes overwritten in the file), a really full disk (a small tmpfs)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import random
 import signal
@@ -11,11 +15,13 @@ import sys
 import textwrap
 import threading
 import time
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from agent.spool import Spool
+from agent.spool import Spool, SpoolWriteError
 from probes.measurement import Measurement
 
 REPO = Path(__file__).resolve().parents[2]
@@ -283,3 +289,195 @@ def test_kill_9_mid_stream_loses_no_committed_range_and_keeps_seqs_gap_free(tmp_
     assert committed[0][0] == 1 and all(b < c for (_, b), (c, _) in zip(committed, committed[1:]))
     if max_bytes < 2**20:
         assert evicted, "the small cap should have evicted"
+
+
+# -- damaged rows, corruption, a full disk -----------------------------------------------------------------------
+
+
+def damage(path: Path, seq: int, body: bytes = b"\x00garbage\xff") -> None:
+    """Overwrite one row's body from another connection (the spool may be open or closed)."""
+    with sqlite3.connect(path) as db:
+        assert db.execute("UPDATE rows SET body = ? WHERE seq = ?", (body, seq)).rowcount == 1
+
+
+def deflated(spool: Spool, raw: bytes) -> bytes:
+    """Return `raw` compressed the way the spool writes bodies (so it decompresses fine)."""
+    z = zlib.compressobj(6, zlib.DEFLATED, -13, 8, zlib.Z_DEFAULT_STRATEGY, spool._zdict)
+    return z.compress(raw) + z.flush()
+
+
+def test_a_damaged_row_is_set_aside_reported_lost_and_shipping_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, live_age_s=0)
+    spool.append(rows(10))
+    damage(path, 4)  # cannot decompress
+    damage(path, 1, deflated(spool, b"{not json"))
+    damage(path, 7, deflated(spool, b'{"name": "probe"}'))  # JSON, but no tags/fields/time
+    assert integrity(path) == "ok"  # SQLite sees nothing wrong: only decoding can tell
+    batches = _drain(spool, 500)
+    assert [(b.first, b.last) for b in batches] == [(2, 3), (5, 6), (8, 10)]  # contiguous, around the damage
+    assert [m for b in batches for _, m in b.items] == [rows(10)[i] for i in (1, 2, 4, 5, 7, 8, 9)]
+    assert spool.pending_lost() == [(1, 1, "damaged spool row: not JSON"),
+                                    (4, 4, "damaged spool row: cannot decompress"),
+                                    (7, 7, "damaged spool row: not a measurement")]
+    assert spool.lost_total == 3 and spool.depth() == 0 and stored(path) == []
+    assert [s for s, _ in spool.damaged()] == [1, 4, 7]  # kept for people, with what failed
+    assert "KeyError" in spool.damaged()[2][1]
+    spool.lost_reported([(1, 4)])  # the collector acknowledged a batch carrying these
+    assert spool.pending_lost() == [(7, 7, "damaged spool row: not a measurement")]
+    spool.close()
+    again = Spool(path)
+    assert again.lost_total == 3 and again.pending_lost() == [(7, 7, "damaged spool row: not a measurement")]
+    assert again.append(rows(1)) == range(11, 12)  # seqs go on
+    again.close()
+
+
+def test_adjacent_damaged_rows_merge_into_one_lost_range_and_a_batch_never_spans_one(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, live_age_s=0)
+    spool.append(rows(20))
+    for seq in (5, 6, 7, 12):
+        damage(path, seq)
+    first = spool.next_batch(500)
+    assert (first.first, first.last) == (1, 4)  # stops before the damaged row
+    assert spool.pending_lost() == []  # not met yet
+    spool.ack(1, 4)
+    assert (spool.next_batch(3).first, spool.next_batch(3).last) == (8, 10)  # 5..7 set aside first
+    assert [(a, b) for a, b, _ in spool.pending_lost()] == [(5, 7)]
+    assert [(b.first, b.last) for b in _drain(spool, 500)] == [(8, 11), (13, 20)]
+    assert [(a, b) for a, b, _ in spool.pending_lost()] == [(5, 7), (12, 12)]
+    spool.close()
+
+
+def test_check_decodes_the_backlog_and_sets_damaged_rows_aside_before_they_are_shipped(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    spool.append(rows(5000))
+    damage(path, 4321)
+    assert spool.check() == {"checked": 5000, "damaged": 1, "rebuilt": 0}
+    assert [(a, b) for a, b, _ in spool.pending_lost()] == [(4321, 4321)]
+    assert spool.depth() == 4999
+    assert spool.check() == {"checked": 4999, "damaged": 0, "rebuilt": 0}
+    spool.close()
+
+
+def leaf_page(path: Path, index: int) -> int:
+    """Return the page number of the rows table's `index`-th leaf page (SQLite's dbstat)."""
+    with sqlite3.connect(path) as db:
+        pages = [p for (p,) in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'rows' AND pagetype = 'leaf' ORDER BY pageno")]
+    return pages[index]
+
+
+def overwrite_page(path: Path, page: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek((page - 1) * 4096)
+        f.write(random.Random(page).randbytes(4096))
+
+
+def test_a_corrupt_page_on_open_is_rebuilt_keeping_the_spool_id_and_sequence(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    spool.append(rows(3000))
+    spool_id = spool.spool_id
+    spool.close()
+    overwrite_page(path, leaf_page(path, 40))
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        integrity(path)
+    again = Spool(path)
+    assert again.spool_id == spool_id
+    (first, last, reason), = again.pending_lost()
+    assert reason == "spool page unreadable (SQLite corruption): spool rebuilt"
+    assert 20 <= last - first + 1 <= 40  # one leaf page of ~150-byte rows
+    assert sorted(stored(path) + list(range(first, last + 1))) == list(range(1, 3001))  # the rest is all there
+    assert again.lost_total == last - first + 1 and again.depth() == 3000 - again.lost_total
+    assert integrity(path) == "ok"
+    assert len(list(tmp_path.glob("spool.db.broken-*"))) == 1  # the old file kept for people
+    assert again.append(rows(1)) == range(3001, 3002)  # no seq reused
+    batches = _drain(again, 1000)
+    assert sum(len(b.items) for b in batches) == 3001 - again.lost_total
+    again.close()
+
+
+def test_corruption_met_while_reading_a_batch_rebuilds_the_spool_and_shipping_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    with Spool(path) as first_run:
+        first_run.append(rows(3000))  # closing checkpoints: the rows live in the database file itself
+    spool = Spool(path)
+    overwrite_page(path, leaf_page(path, 10))  # the disk goes bad under the running agent
+    with sqlite3.connect(path) as other:  # another writer: the spool's page cache is thrown away
+        other.execute("UPDATE meta SET value = 1 WHERE key = 'created_ms'")
+    shipped = sum(len(b.items) for b in _drain(spool, 500))
+    (first, last, _), = spool.pending_lost()
+    assert shipped + (last - first + 1) == 3000
+    assert len(list(tmp_path.glob("spool.db.broken-*[0-9]"))) == 1  # with its -wal: kept together
+    spool.close()
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """Mount a real tmpfs of `size` at `where` (root only), unmounted afterwards whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path) -> int:
+    """Write a ballast file until the file system is full; return its size."""
+    written = 0
+    with open(path, "wb", buffering=0) as f:
+        for chunk in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    written += f.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    return written
+
+
+def test_a_full_disk_drops_and_counts_runs_once_logged_and_the_spool_resumes_when_space_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.spool")
+    with tmpfs(tmp_path / "disk", "1M") as disk:
+        path = disk / "spool.db"
+        spool = Spool(path, max_bytes=400_000)
+        assert spool.append(rows(50)) == range(1, 51)
+        assert not spool.disk_low()
+        fill(disk / "ballast")
+        assert spool.disk_low() and spool.disk_free_bytes() == 0
+        refused = 0
+        for i in range(400):  # the WAL may still have room for a few commits: go on until it has none
+            try:
+                spool.append(rows(10, 1000 + i * 10))
+            except SpoolWriteError as exc:
+                assert exc.disk_full
+                refused += 10
+                if refused >= 30:
+                    break
+        assert refused == 30
+        committed = spool._next_seq - 1
+        assert spool.dropped_total == spool.dropped_disk_full_total == 30
+        assert not spool.writable
+        batch = spool.next_batch(1000)  # reading still works: what is committed can be shipped
+        assert (batch.first, batch.last) == (1, committed)
+        (disk / "ballast").unlink()
+        assert not spool.disk_low()
+        assert spool.append(rows(1, 9000)) == range(committed + 1, committed + 2)  # no seq was used up
+        assert spool.writable
+        spool.ack(1, committed + 1)
+        spool.close()
+        again = Spool(path, max_bytes=400_000)
+        assert again.dropped_total == again.dropped_disk_full_total == 30  # saved once it could write again
+        assert again.pending_evictions() == [] and again.depth() == 0
+        again.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot commit" in m for m in messages) == 1  # once per episode, not once per run
+    assert sum("writes again: 30 measurements were dropped" in m for m in messages) == 1
