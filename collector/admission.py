@@ -12,6 +12,11 @@ batch at once) takes a ticket at the end of the line, so every agent gets one ba
 A ticket holder that finds the cap full waits at most `wait_s` for a free place (the retries arrive in bursts:
 Retry-After is whole seconds) before it is given a new ticket. A ticket whose holder does not come back within
 `GRACE_S` of its slot expires. Everything here runs on the event loop: no locks.
+
+Before all that, `claim(key)` bounds what ONE credential may have in the collector at once (`per_agent`
+requests, counted from authentication to the answer, heartbeats included): without it a single credential
+could take every place with uploads that send their headers and then one byte a minute. Past it the request is
+answered 429 + Retry-After (this client sent too much), still before its body is read.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections import OrderedDict, deque
 from typing import Callable
 
 GRACE_S = 10.0  # a ticket is forgotten this long after its slot (the agent went away)
+AGENT_RETRY_AFTER_S = 5  # Retry-After for a credential over its own limit (its other requests end by then, normally)
 MAX_RETRY_AFTER_S = 600  # the longest Retry-After given (the shipper honours up to an hour)
 ALPHA = 0.05  # weight of one request in the service-time average
 INITIAL_SERVICE_S = 0.1
@@ -31,9 +37,12 @@ INITIAL_SERVICE_S = 0.1
 class Admission:
     """The ingest gate: `await enter(key)` → None (admitted: call `leave(seconds)` after) or Retry-After seconds."""
 
-    def __init__(self, cap: int, wait_s: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cap: int, wait_s: float = 0.05, clock: Callable[[], float] = time.monotonic,
+                 per_agent: int = 4) -> None:
         self.cap = cap
         self.wait_s = wait_s
+        self.per_agent = per_agent
+        self.by_agent: dict[str, int] = {}  # credential key → its requests in the collector now
         self.clock = clock
         self.inflight = 0
         self.service_s = INITIAL_SERVICE_S  # moving average of an admitted request's time in the collector
@@ -45,6 +54,20 @@ class Admission:
     def waiting(self) -> int:
         """Return how many agents hold a ticket (were told to come back)."""
         return len(self.tickets)
+
+    def claim(self, key: str) -> bool:
+        """Count one more request of credential `key`; False (nothing counted) when it has `per_agent` already."""
+        count = self.by_agent.get(key, 0)
+        if count >= self.per_agent:
+            return False
+        self.by_agent[key] = count + 1
+        return True
+
+    def release(self, key: str) -> None:
+        """End a request counted by `claim(key)`."""
+        count = self.by_agent.pop(key, 0) - 1
+        if count > 0:
+            self.by_agent[key] = count
 
     async def enter(self, key: str) -> int | None:
         """Admit the request of agent `key` (None) or return the Retry-After (s) it must wait before resending."""
@@ -102,4 +125,4 @@ class Admission:
             del self.tickets[key]
 
 
-__all__ = ["Admission", "GRACE_S", "MAX_RETRY_AFTER_S"]
+__all__ = ["AGENT_RETRY_AFTER_S", "Admission", "GRACE_S", "MAX_RETRY_AFTER_S"]

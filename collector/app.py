@@ -1,8 +1,12 @@
 """The collector's aiohttp application: `create_app(config)`, and `serve(config)` to run it.
 
 State lives under typed `web.AppKey`s (collector.app_keys); the SQLite connections, the database writer and the
-registry flusher start and stop through `cleanup_ctx`. Run it with `auto_decompress=False` (`RUNNER_KWARGS`):
-the ingest route gunzips by itself, with a cap, after authentication.
+registry flusher start and stop through `cleanup_ctx`. Run it with `runner_kwargs(config)`: `auto_decompress=False`
+(the ingest route gunzips by itself, with a cap, after authentication) and `keepalive_timeout` =
+`limits.keepalive` (75 s) instead of aiohttp's 3,630 s, so a connection whose agent vanished (a line cut mid-
+connection sends no FIN) is closed within that bound instead of holding a file descriptor for an hour.
+aiohttp ≥ 3.14 also starts that timer when a connection opens and closes it if no complete request (headers)
+has arrived by then: the same bound covers a client that never finishes its headers.
 """
 
 from __future__ import annotations
@@ -35,13 +39,19 @@ RUNNER_KWARGS = {"auto_decompress": False}
 REGISTRY_FLUSH_S = 2.0
 
 
+def runner_kwargs(config: CollectorConfig) -> dict:
+    """Return the AppRunner/TestServer keyword arguments for `config` (see the module docstring)."""
+    return {**RUNNER_KWARGS, "keepalive_timeout": config.limits.keepalive}
+
+
 def create_app(config: CollectorConfig) -> web.Application:
     """Return the collector application for `config`."""
     app = web.Application()
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[SERIES] = SeriesCap(config.limits.max_series_per_agent)
-    app[ADMISSION] = Admission(config.limits.max_inflight, config.limits.admission_wait)
+    app[ADMISSION] = Admission(config.limits.max_inflight, config.limits.admission_wait,
+                               per_agent=config.limits.max_uploads_per_agent)
     app.on_response_prepare.append(_stamp)
     app.cleanup_ctx.append(_state)
     routes.setup(app)
@@ -71,10 +81,12 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
-        registry.flush()
-        writer.close()
-        for conn in conns:
-            conn.close()
+        try:
+            registry.flush()  # a bad row is refused on its own; only a failing file raises (exit status 1)
+        finally:
+            writer.close()
+            for conn in conns:
+                conn.close()
 
 
 async def _flush_forever(registry: Registry) -> None:
@@ -98,7 +110,7 @@ def ssl_context(config: CollectorConfig) -> ssl.SSLContext | None:
 
 async def serve(config: CollectorConfig, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then stop cleanly (the registry is flushed)."""
-    runner = web.AppRunner(create_app(config), access_log=None, **RUNNER_KWARGS)
+    runner = web.AppRunner(create_app(config), access_log=None, **runner_kwargs(config))
     await runner.setup()
     site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=ssl_context(config),
                        backlog=4096)
@@ -118,4 +130,4 @@ async def serve(config: CollectorConfig, ready: asyncio.Event | None = None) -> 
         await runner.cleanup()
 
 
-__all__ = ["RUNNER_KWARGS", "create_app", "serve", "ssl_context"]
+__all__ = ["RUNNER_KWARGS", "create_app", "runner_kwargs", "serve", "ssl_context"]

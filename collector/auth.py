@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 TOKEN_KIND, CREDENTIAL_KIND = "cmt", "cmc"
-AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")  # \Z: `$` would let "quay-01\n" through
 _DUMMY = hashlib.sha256(b"no such id").hexdigest()  # compared when the id is unknown: same work either way
 CACHE_TTL_S = 10.0  # a cached successful check is trusted this long
 CACHE_MAX = 50_000  # entries (one per live agent); the oldest goes first
@@ -76,6 +76,8 @@ def _new(kind: str) -> tuple[str, str, str]:
 
 
 def _split(presented: str, kind: str) -> tuple[str, str] | None:
+    if not presented.isascii():  # ours are ASCII; anything else (a header's undecodable bytes) cannot match
+        return None
     parts = presented.strip().split(".")
     if len(parts) != 3 or parts[0] != kind or not parts[1] or not parts[2]:
         return None

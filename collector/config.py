@@ -117,6 +117,9 @@ class LimitsSection(StrictModel):
     retry_after: int = Field(default=30, ge=1, le=3600)  # seconds, sent with 503 when the database is unavailable
     max_inflight: int = Field(default=32, ge=1, le=4096)  # ingest requests past authentication at once; more → 503
     admission_wait: float = Field(default=0.05, ge=0, le=5)  # seconds a returning agent may wait for a place
+    max_uploads_per_agent: int = Field(default=4, ge=1, le=64)  # one credential's requests at once; more → 429
+    body_timeout: Duration = Field(default=30.0, gt=0, le=600)  # a body not read by then → 408, connection closed
+    keepalive: Duration = Field(default=75.0, gt=0, le=3600)  # idle connection (or unfinished headers) closed after
     extra_tag_keys: list[Slug] = Field(default_factory=list)  # allowed besides DEFAULT_TAG_KEYS
 
 

@@ -9,7 +9,12 @@ Same contract as `collector.validate.check_ingest` (docs/wire.md), at a fraction
 - fields are copied into the line as the JSON number text the agent sent (JSON numbers are valid line-protocol
   floats): their object is kept raw, decoded once for the checks, and its text is used when it holds no
   backslash or whitespace (otherwise the decoded floats are formatted);
-- seqs, timestamps, field names and evicted ranges are checked for the whole batch at once.
+- seqs, timestamps, field names, evicted and lost ranges are checked for the whole batch at once;
+- the `agent` block is kept raw, its nesting measured on its bytes, then decoded and checked by
+  `validate.check_agent` (it is the only part of the payload without a fixed shape);
+- a key the wire does not define, anywhere, sends the batch to the slow path: `check_ingest` ignores unknown
+  top-level and `agent` keys (a newer agent may send more), the fast path only sees the shapes it knows, so
+  nothing in it nests deeper than `validate.MAX_DEPTH`.
 
 Whatever the fast path refuses is validated again by `check_ingest`, whose message (the first problem, in order)
 is the one the agent gets; the fast path never accepts what `check_ingest` refuses (tests/unit/
@@ -18,22 +23,21 @@ test_collector_decode.py checks both give the same answer).
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
 
 from . import lineproto
-from .validate import (_FIELD, MAX_FIELDS, NAMES, RETENTION_MARGIN_MS, WIRE_VERSION, PayloadError,
-                       Rules, check_ingest, check_tags)
+from .validate import (_FIELD, _SPOOL, MAX_DEPTH, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_SEQ, MAX_VALUE, NAMES,
+                       RETENTION_MARGIN_MS, WIRE_VERSION, PayloadError, Rules, check_agent, check_depth, check_ingest,
+                       check_tags, parse_json, text_problem)
 
-_MAX_FLOAT = 1.7976931348623157e308
-_Number = Annotated[float, msgspec.Meta(ge=-_MAX_FLOAT, le=_MAX_FLOAT)]  # JSON has no NaN; 1e999 is out of range
+# JSON has no NaN; 1e999 is out of range; past ±2^53 VictoriaMetrics rounds a block's other samples (validate).
+_Number = Annotated[float, msgspec.Meta(ge=-MAX_VALUE, le=MAX_VALUE)]
 _Fields = Annotated[dict[str, _Number], msgspec.Meta(min_length=1, max_length=MAX_FIELDS)]
-_SPOOL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CACHE_MAX = 100_000  # series heads per tag rules; cleared when full (a pathological client only costs time)
 _UNSAFE = (b"\\", b" ", b"\n", b"\r", b"\t")  # an escape or a space in the fields: format the decoded values
 
@@ -48,19 +52,21 @@ class _Measurement(msgspec.Struct, forbid_unknown_fields=True):
     detail: str | None = None
 
 
-class _Payload(msgspec.Struct):
+class _Payload(msgspec.Struct, forbid_unknown_fields=True):  # an unknown key: the slow path (module doc)
     version: int
     spool: str
     first: int
     last: int
     measurements: list[_Measurement]
     evicted: list[tuple[int, int]] = []
-    agent: dict[str, Any] = {}
+    lost: list[tuple[int, int, str]] = []
+    agent: msgspec.Raw = msgspec.Raw(b"{}")  # nesting measured before it is decoded
 
 
 _PAYLOAD = msgspec.json.Decoder(_Payload)
 _FIELDS = msgspec.json.Decoder(list[_Fields])
 _TAGS = msgspec.json.Decoder(dict[str, str])
+_ANY = msgspec.json.Decoder()
 _good_fields: set[str] = set()
 _heads: dict[tuple, dict[tuple, tuple[bytes, tuple]]] = {}
 
@@ -77,6 +83,7 @@ class Ingest:
     series: set[tuple]  # (name, *sorted tags) of the batch, for SeriesCap.admit
     evicted: list[tuple[int, int]]
     agent: dict[str, Any]
+    lost: list[tuple[int, int, str]] = field(default_factory=list)
 
     def body(self, ranges: list[tuple[int, int]]) -> tuple[bytes, int, int]:
         """Return (line protocol of the seqs in `ranges`, lines, samples)."""
@@ -103,18 +110,23 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
         items = payload.measurements
         joined = b"[" + b",".join([m.fields for m in items]) + b"]"
         fields = _FIELDS.decode(joined)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return _slow(body, rules, identity, now_ms)
+        raw_agent = bytes(payload.agent)
+        check_depth(raw_agent, MAX_DEPTH - 1)  # it sits one level down
+        agent = check_agent(_ANY.decode(raw_agent))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, PayloadError):
+        return _slow(body, rules, identity, now_ms)  # its check_ingest names the first problem
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     spool, first, last = payload.spool, payload.first, payload.last
     times = [m.time for m in items]
     # Checked for the whole batch at once; on any failure check_ingest finds the first problem and names it.
-    if (payload.version != WIRE_VERSION or not _SPOOL.match(spool) or not items or first < 1
+    if (payload.version != WIRE_VERSION or not _SPOOL.match(spool) or not items or first < 1 or last > MAX_SEQ
             or last - first + 1 != len(items) or len(items) > rules.max_measurements
             or [m.seq for m in items] != list(range(first, last + 1))
             or min(times) < now_ms - rules.retention_ms + RETENTION_MARGIN_MS or max(times) > now_ms + rules.max_future_ms
             or not (set().union(*fields) <= _good_fields or _check_field_names(fields))
-            or len(payload.evicted) > 10_000 or any(not 1 <= a <= b for a, b in payload.evicted)):
+            or len(payload.evicted) > MAX_RANGES or any(not 1 <= a <= b <= MAX_SEQ for a, b in payload.evicted)
+            or len(payload.lost) > MAX_RANGES
+            or any(not 1 <= a <= b <= MAX_SEQ or text_problem(r, MAX_REASON) for a, b, r in payload.lost)):
         return _slow(body, rules, identity, now_ms)
     counts = [len(f) for f in fields]
     if any(c in joined for c in _UNSAFE) or joined.count(b":") != sum(counts):  # escapes, spaces, repeated keys
@@ -135,7 +147,7 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
                 return _slow(body, rules, identity, now_ms)
         series.add(head[1])
         lines.append(b"%s%s %s %d\n" % (head[0], identity, text, stamp))
-    return Ingest(spool, first, last, lines, counts, series, payload.evicted, payload.agent)
+    return Ingest(spool, first, last, lines, counts, series, payload.evicted, agent, payload.lost)
 
 
 def _head(name: str, tag_text: bytes, rules: Rules) -> tuple[bytes, tuple]:
@@ -162,15 +174,7 @@ def _fields(fields: dict[str, float]) -> bytes:
 
 def _slow(body: bytes, rules: Rules, identity: bytes, now_ms: int | None) -> Ingest:
     """Validate with check_ingest (its message is the reason given); convert what it accepts."""
-    def _refuse(token: str) -> None:
-        raise PayloadError(f"{token} is not a number the database can store")
-    try:
-        payload = json.loads(body, parse_constant=_refuse)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, PayloadError):
-            raise
-        raise PayloadError(f"the body is not JSON: {exc}") from None
-    batch = check_ingest(payload, rules, now_ms)
+    batch = check_ingest(parse_json(body), rules, now_ms)
     lines, series = [], set()
     for p in batch.points:
         clean = tuple(sorted(p.tags.items()))
@@ -178,7 +182,7 @@ def _slow(body: bytes, rules: Rules, identity: bytes, now_ms: int | None) -> Ing
         lines.append(b"%s%s %s %d\n" % (lineproto.series_head(p.name, clean).encode(), identity, _fields(p.fields),
                                          p.time))
     return Ingest(batch.spool, batch.first, batch.last, lines, [len(p.fields) for p in batch.points], series,
-                  batch.evicted, batch.agent)
+                  batch.evicted, batch.agent, batch.lost)
 
 
 __all__ = ["Ingest", "decode_ingest", "identity_suffix"]

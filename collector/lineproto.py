@@ -3,8 +3,8 @@
 Escaping (what VictoriaMetrics and InfluxDB unescape): measurement names escape `\\` `,` and space; tag keys,
 tag values and field keys escape `\\` `,` `=` and space — the backslash FIRST, so a trailing backslash cannot
 swallow the separator after it. A newline cannot be escaped in line protocol at all (the parser splits lines
-before unescaping), so control characters are refused with `LineProtocolError`; `collector.validate` refuses
-them earlier with a reason for the agent. Fields are floats (`repr`), timestamps Unix milliseconds.
+before unescaping), so control characters (and lone surrogates, which have no UTF-8) are refused with
+`LineProtocolError`; `collector.validate` refuses them earlier with a reason for the agent. Fields are floats (`repr`), timestamps Unix milliseconds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from typing import Iterable, Mapping
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # controls; lone surrogates (no UTF-8)
 _KEY = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
 _NAME = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
 

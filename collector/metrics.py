@@ -20,6 +20,10 @@ class Metrics:
     batches_refused: Counter = field(default_factory=Counter)  # reason class → count
     db_errors: int = 0
     shed: int = 0  # ingest requests answered 503 + Retry-After by the admission cap (body not read)
+    agent_limited: int = 0  # requests answered 429: their credential had limits.max_uploads_per_agent in progress
+    body_timeouts: int = 0  # bodies not received within limits.body_timeout (408)
+    evicted_seqs: int = 0  # seqs agents reported evicted (newly recorded)
+    lost_seqs: int = 0  # seqs agents reported lost (newly recorded)
     write_buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
     write_count: int = 0
     write_sum: float = 0.0
@@ -38,8 +42,10 @@ class Metrics:
             if seconds <= bound:
                 self.write_buckets[i] += 1
 
-    def render(self, agents: int, inflight: int = 0, waiting: int = 0, service_s: float = 0.0) -> str:
-        """Return the Prometheus text exposition (`inflight`, `waiting`, `service_s`: the admission gate's state)."""
+    def render(self, agents: int, inflight: int = 0, waiting: int = 0, service_s: float = 0.0, *,
+               degraded: int = 0, registry_refused: int = 0) -> str:
+        """Return the Prometheus text exposition (`inflight`, `waiting`, `service_s`: the admission gate's state;
+        `degraded`, `registry_refused`: the fleet registry's)."""
         out = [
             "# HELP cmon_collector_requests_total HTTP requests by endpoint and status.",
             "# TYPE cmon_collector_requests_total counter",
@@ -84,9 +90,28 @@ class Metrics:
             "# HELP cmon_collector_ingest_service_seconds Moving average of an admitted ingest request's time inside.",
             "# TYPE cmon_collector_ingest_service_seconds gauge",
             f"cmon_collector_ingest_service_seconds {service_s:.6f}",
+            "# HELP cmon_collector_agent_limited_total Requests answered 429: their credential already had "
+            "limits.max_uploads_per_agent in progress.",
+            "# TYPE cmon_collector_agent_limited_total counter",
+            f"cmon_collector_agent_limited_total {self.agent_limited}",
+            "# HELP cmon_collector_body_timeouts_total Request bodies not received within limits.body_timeout (408).",
+            "# TYPE cmon_collector_body_timeouts_total counter",
+            f"cmon_collector_body_timeouts_total {self.body_timeouts}",
+            "# HELP cmon_collector_evicted_seqs_total Seqs agents reported evicted from a full spool (recorded once).",
+            "# TYPE cmon_collector_evicted_seqs_total counter",
+            f"cmon_collector_evicted_seqs_total {self.evicted_seqs}",
+            "# HELP cmon_collector_lost_seqs_total Seqs agents reported lost (unreadable spool rows; recorded once).",
+            "# TYPE cmon_collector_lost_seqs_total counter",
+            f"cmon_collector_lost_seqs_total {self.lost_seqs}",
+            "# HELP cmon_collector_registry_rows_refused_total Fleet registry rows the state file could not take.",
+            "# TYPE cmon_collector_registry_rows_refused_total counter",
+            f"cmon_collector_registry_rows_refused_total {registry_refused}",
             "# HELP cmon_collector_agents Agents in the fleet registry.",
             "# TYPE cmon_collector_agents gauge",
             f"cmon_collector_agents {agents}",
+            "# HELP cmon_collector_agents_degraded Agents whose last report said health=degraded.",
+            "# TYPE cmon_collector_agents_degraded gauge",
+            f"cmon_collector_agents_degraded {degraded}",
         ]
         return "\n".join(out) + "\n"
 

@@ -1,29 +1,42 @@
 """HTTP endpoints (docs/wire.md): ingest, heartbeat, enroll, the fleet registry, health and /metrics.
 
-Order of work for ingest: authenticate from the header alone (401/403 before any byte of the body is read),
-pass the admission gate (collector.admission: past `limits.max_inflight` requests in flight → 503 with a
-Retry-After that spreads the retries, still before any byte of the body is read), read at most `max_body` bytes, gunzip incrementally with `zlib.decompressobj` and `max_length` (never more than
-`max_decompressed` bytes in memory: a gzip bomb costs a few MB, → 413), parse and validate (400 with the
-reason) into line protocol with the identity tags from the credential (one pass: collector.decode), skip the
-ranges already acknowledged, write the rest, record the range durably, answer 200. A database that is down or slow → 503 + Retry-After and nothing is acknowledged: the
-agent keeps the batch in its spool and resends it (the collector keeps no queue of its own).
+Every input is answered with a status and a reason: 4xx with `{"error": ...}` for anything the agent sent
+wrong — never a 500 for what a request carries (collector.validate checks every string, number and nesting
+depth before anything is stored or written).
+
+Order of work for ingest: authenticate from the header alone (401/403 before any byte of the body is read);
+the credential's own limit (collector.admission: past `limits.max_uploads_per_agent` requests of ONE credential
+in progress → 429 + Retry-After, so a single agent cannot hold the places the others need); the admission gate
+(past `limits.max_inflight` requests in flight → 503 with a Retry-After that spreads the retries), both still
+before any byte of the body is read; read at most `max_body` bytes within `limits.body_timeout` of the request
+(a stalled or vanished upload → 408 and the connection closed, its places freed), gunzip incrementally with
+`zlib.decompressobj` and `max_length` (never more than `max_decompressed` bytes in memory: a gzip bomb costs a
+few MB, → 413), parse and validate (400 with the reason) into line protocol with the identity tags from the
+credential (one pass: collector.decode), skip the ranges already acknowledged, write the rest, record the range
+(and the agent's evicted and lost ranges) durably, answer 200. A database that is down or slow → 503 +
+Retry-After and nothing is acknowledged: the agent keeps the batch in its spool and resends it (the collector
+keeps no queue of its own). Heartbeats pass the same credential limit and body deadline; enrollment the body
+deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import json
 import logging
 import time
 import zlib
 from pathlib import Path
+from typing import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import ClientError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from .admission import AGENT_RETRY_AFTER_S
 from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
 from .auth import AuthError, Identity
 from .decode import decode_ingest, identity_suffix
-from .validate import PayloadError, Rules, check_heartbeat
+from .validate import PayloadError, Rules, check_enroll, check_heartbeat, parse_json
 from .writer import DatabaseRejected, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -35,61 +48,93 @@ class TooLarge(Exception):
     """The body or its decompressed form is over the limit (→ 413)."""
 
 
+class TooSlow(Exception):
+    """The body did not arrive within `limits.body_timeout` (→ 408, connection closed)."""
+
+
 def error(status: int, message: str, **headers: str) -> web.Response:
     """Return a JSON error response `{"error": message}`."""
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
-async def read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
-    """Return the (gunzipped) body; TooLarge past either limit, PayloadError for a broken encoding."""
+async def read_body(request: web.Request, max_body: int, max_decompressed: int, deadline: float | None = None) -> bytes:
+    """Return the (gunzipped) body; TooLarge past either limit, TooSlow after `deadline` (loop time), PayloadError
+    for a broken encoding or a body cut short."""
     if request.content_length is not None and request.content_length > max_body:
         raise TooLarge(f"the body is {request.content_length} bytes: at most {max_body}")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("gzip", "identity", ""):
-        raise PayloadError(f"Content-Encoding {encoding!r} is not supported: send gzip or nothing")
+        raise PayloadError(f"Content-Encoding {encoding[:40]!r} is not supported: send gzip or nothing")
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
     out, received = bytearray(), 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        received += len(chunk)
-        if received > max_body:
-            raise TooLarge(f"the body is over {max_body} bytes")
-        if inflater is None:
-            out += chunk
-            continue
-        try:
-            out += inflater.decompress(chunk, max_decompressed - len(out) + 1)
-        except zlib.error as exc:
-            raise PayloadError(f"the body is not valid gzip: {exc}") from None
-        if len(out) > max_decompressed or inflater.unconsumed_tail:
-            raise TooLarge(f"the body decompresses to more than {max_decompressed} bytes")
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for chunk in request.content.iter_chunked(CHUNK):
+                received += len(chunk)
+                if received > max_body:
+                    raise TooLarge(f"the body is over {max_body} bytes")
+                if inflater is None:
+                    out += chunk
+                    continue
+                try:
+                    out += inflater.decompress(chunk, max_decompressed - len(out) + 1)
+                except zlib.error as exc:
+                    raise PayloadError(f"the body is not valid gzip: {exc}") from None
+                if len(out) > max_decompressed or inflater.unconsumed_tail:
+                    raise TooLarge(f"the body decompresses to more than {max_decompressed} bytes")
+    except TimeoutError:
+        raise TooSlow(f"the body did not arrive within {request.app[CONFIG].limits.body_timeout:g} s: "
+                      "resend it") from None
+    except (OSError, ClientError, HttpProcessingError) as exc:  # the client went away mid-body
+        raise PayloadError(f"the body ended early: {type(exc).__name__}") from None
     if inflater is not None and not inflater.eof:
         raise PayloadError("the gzip body is truncated")
     return bytes(out)
 
 
-def parse_json(body: bytes) -> object:
-    """Return the JSON document; PayloadError when it is not JSON (NaN/Infinity included)."""
-    def _refuse(token: str) -> None:
-        raise PayloadError(f"{token} is not a number the database can store")
-    try:
-        return json.loads(body, parse_constant=_refuse)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, PayloadError):
-            raise
-        raise PayloadError(f"the body is not JSON: {exc}") from None
+def _deadline(request: web.Request) -> float:
+    """Return the loop time by which this request's body must have arrived."""
+    return asyncio.get_running_loop().time() + request.app[CONFIG].limits.body_timeout
+
+
+def _too_slow(request: web.Request, exc: TooSlow) -> web.Response:
+    request.app[METRICS].body_timeouts += 1
+    log.info("request from %s: %s", request.remote, exc)
+    response = error(408, str(exc))
+    response.force_close()  # the client stalled: do not wait on this connection for another request
+    return response
 
 
 def _identity(request: web.Request) -> Identity:
     return request.app[AUTH].authenticate(request.headers.get("Authorization"))
 
 
-async def ingest(request: web.Request) -> web.Response:
-    """POST /api/v1/ingest: write a contiguous batch once; see the module docstring."""
-    app = request.app
+async def _limited(request: web.Request, handle: Callable[[web.Request, Identity], Awaitable[web.Response]]
+                   ) -> web.Response:
+    """Authenticate, then run `handle` within the credential's own limit of requests in progress (or 429)."""
     try:
         who = _identity(request)
     except AuthError as exc:
         return error(exc.status, str(exc))
+    admission = request.app[ADMISSION]
+    if not admission.claim(who.key):  # before the body: a stalled upload holds its own places only
+        request.app[METRICS].agent_limited += 1
+        return error(429, f"this agent already has {admission.per_agent} requests in progress: resend in "
+                          f"{AGENT_RETRY_AFTER_S} s", **{"Retry-After": str(AGENT_RETRY_AFTER_S)})
+    try:
+        return await handle(request, who)
+    finally:
+        admission.release(who.key)
+
+
+async def ingest(request: web.Request) -> web.Response:
+    """POST /api/v1/ingest: write a contiguous batch once; see the module docstring."""
+    return await _limited(request, _admitted)
+
+
+async def _admitted(request: web.Request, who: Identity) -> web.Response:
+    app = request.app
+    deadline = _deadline(request)
     admission = app[ADMISSION]
     retry = await admission.enter(who.key)
     if retry is not None:  # overloaded: the body stays unread (aiohttp drains it, keeping the connection)
@@ -97,12 +142,12 @@ async def ingest(request: web.Request) -> web.Response:
         return error(503, f"the collector is busy: resend in {retry} s", **{"Retry-After": str(retry)})
     started = time.perf_counter()
     try:
-        return await _ingest(request, who)
+        return await _ingest(request, who, deadline)
     finally:
         admission.leave(time.perf_counter() - started)
 
 
-async def _ingest(request: web.Request, who: Identity) -> web.Response:
+async def _ingest(request: web.Request, who: Identity, deadline: float) -> web.Response:
     """Read, check, write and acknowledge an admitted batch."""
     app, config = request.app, request.app[CONFIG]
     metrics = app[METRICS]
@@ -110,17 +155,23 @@ async def _ingest(request: web.Request, who: Identity) -> web.Response:
     rules = Rules(config.tag_keys, int(config.database.retention * 1000), int(limits.max_future * 1000),
                   limits.max_measurements, limits.max_tag_value)
     try:
-        batch = decode_ingest(await read_body(request, limits.max_body, limits.max_decompressed), rules,
+        batch = decode_ingest(await read_body(request, limits.max_body, limits.max_decompressed, deadline), rules,
                               identity_suffix(who.province, who.commune, who.agent))
     except TooLarge as exc:
         metrics.batches_refused["too_large"] += 1
         return error(413, str(exc))
+    except TooSlow as exc:
+        return _too_slow(request, exc)
     except PayloadError as exc:
         metrics.batches_refused["invalid"] += 1
         log.info("refused a batch from %s: %s", who.key, exc)
         return error(400, str(exc))
     acks = app[ACKS]
     async with acks.lock(who.key, batch.spool):
+        full = acks.room(who.key, batch.spool, batch.evicted, batch.lost)
+        if full:
+            metrics.batches_refused["ranges"] += 1
+            return error(400, full)
         todo = acks.missing(who.key, batch.spool, batch.first, batch.last)
         body, count, samples = batch.body(todo)
         metrics.lines_skipped += len(batch.lines) - count
@@ -144,10 +195,17 @@ async def _ingest(request: web.Request, who: Identity) -> web.Response:
                 return error(500, "the database refused the batch: the province's administrator must look")
             metrics.written(count, samples, seconds)
         try:
-            await acks.record(who.key, batch.spool, batch.first, batch.last, evicted=batch.evicted)
+            evicted, lost = await acks.record(who.key, batch.spool, batch.first, batch.last, evicted=batch.evicted,
+                                              lost=batch.lost)
         except Exception:  # noqa: BLE001 - written but not recorded: the resend is deduplicated by the database
             log.exception("cannot record the acknowledged range")
             return error(503, "cannot record the batch: retry", **{"Retry-After": str(limits.retry_after)})
+    metrics.evicted_seqs += evicted
+    metrics.lost_seqs += lost
+    if lost:
+        log.warning("%s spool %s lost %d measurements it could not read back: %s", who.key, batch.spool, lost,
+                    "; ".join(f"{a}..{b} {reason}" for a, b, reason in batch.lost[:10])
+                    + (f"; and {len(batch.lost) - 10} more" if len(batch.lost) > 10 else ""))
     app[REGISTRY].seen(who, batch.agent, request.remote)
     return web.json_response({"acked": [batch.first, batch.last], "duplicate": not count,
                               "written": count, "server_time_ms": _now_ms()})
@@ -155,15 +213,19 @@ async def _ingest(request: web.Request, who: Identity) -> web.Response:
 
 async def heartbeat(request: web.Request) -> web.Response:
     """POST /api/v1/heartbeat: note the agent's state (`running` or `stopping`) in the registry."""
+    return await _limited(request, _heartbeat)
+
+
+async def _heartbeat(request: web.Request, who: Identity) -> web.Response:
     try:
-        who = _identity(request)
-    except AuthError as exc:
-        return error(exc.status, str(exc))
-    try:
-        state, info = check_heartbeat(parse_json(await read_body(request, SMALL_BODY, SMALL_BODY)))
+        state, info = check_heartbeat(parse_json(await read_body(request, SMALL_BODY, SMALL_BODY,
+                                                                 _deadline(request))))
     except TooLarge as exc:
         return error(413, str(exc))
+    except TooSlow as exc:
+        return _too_slow(request, exc)
     except PayloadError as exc:
+        log.info("refused a heartbeat from %s: %s", who.key, exc)
         return error(400, str(exc))
     request.app[REGISTRY].seen(who, info, request.remote, state)
     return web.json_response({"server_time_ms": _now_ms()})
@@ -172,22 +234,20 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def enroll(request: web.Request) -> web.Response:
     """POST /api/v1/enroll: trade a one-time token for the agent's own credential."""
     try:
-        payload = parse_json(await read_body(request, SMALL_BODY, SMALL_BODY))
-        if not isinstance(payload, dict) or payload.get("version") != 1:
-            raise PayloadError("expected {\"version\": 1, \"token\": ..., \"agent_id\": ...}")
+        token, agent_id, hostname = check_enroll(parse_json(await read_body(request, SMALL_BODY, SMALL_BODY,
+                                                                            _deadline(request))))
     except TooLarge as exc:
         return error(413, str(exc))
-    except PayloadError as exc:
+    except TooSlow as exc:
+        return _too_slow(request, exc)
+    except PayloadError as exc:  # checked before the token is looked at: a refused request never spends it
         return error(400, str(exc))
-    token, agent_id, hostname = payload.get("token"), payload.get("agent_id"), payload.get("hostname")
-    if not isinstance(token, str) or not isinstance(agent_id, str):
-        return error(400, "token and agent_id must be strings")
     try:
         credential, who = request.app[AUTH].enroll(token, agent_id)
     except AuthError as exc:
         log.info("enrollment of %r from %s refused: %s", agent_id, request.remote, exc)
         return error(exc.status, str(exc))
-    request.app[REGISTRY].enrolled(who, hostname if isinstance(hostname, str) else None, request.remote)
+    request.app[REGISTRY].enrolled(who, hostname, request.remote)
     log.info("enrolled %s from %s", who.key, request.remote)
     return web.json_response({"credential": credential, "province": who.province, "commune": who.commune,
                               "agent": who.agent, "server_time_ms": _now_ms()})
@@ -198,14 +258,17 @@ async def agents(request: web.Request) -> web.Response:
     token = request.app[CONFIG].views_token
     if not _is_loopback(request.remote) and (not token or request.headers.get("Authorization") != f"Bearer {token}"):
         return error(401, "the fleet registry needs the views token (or a request from the collector's host)")
-    return web.json_response({"agents": request.app[REGISTRY].agents(), "server_time_ms": _now_ms()})
+    lost = request.app[ACKS].lost_by_agent()
+    rows = [row | {"lost_seqs": lost.get(f"{row['commune']}/{row['agent']}", 0)} for row in request.app[REGISTRY].agents()]
+    return web.json_response({"agents": rows, "server_time_ms": _now_ms()})
 
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: the collector's own health."""
-    admission = request.app[ADMISSION]
-    text = request.app[METRICS].render(len(request.app[REGISTRY].agents()), admission.inflight, admission.waiting,
-                                         admission.service_s)
+    admission, registry = request.app[ADMISSION], request.app[REGISTRY]
+    text = request.app[METRICS].render(len(registry), admission.inflight, admission.waiting,
+                                       admission.service_s, degraded=registry.degraded(),
+                                       registry_refused=registry.refused)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

@@ -1,15 +1,27 @@
-"""Check an ingest or heartbeat payload against docs/wire.md; every refusal says why (→ 400).
+"""Check what agents send against docs/wire.md; every refusal says why (→ 400), nothing reaches a 500.
 
-What is refused: another wire version; seqs that are not exactly `first..last`; measurement names other than
-`probe`, `host`, `agent`; tag keys outside the allowlist; empty, over-long or control-character tag values;
-fields that are not finite numbers (NaN, inf, strings, booleans); timestamps older than the database's retention
-or further ahead than `max_future` (VictoriaMetrics drops those silently while answering 204, so they would be
-acknowledged and lost). Tags `province`, `commune`, `agent` in a payload are dropped: the collector sets them
-from the credential. `SeriesCap` bounds the distinct series one agent may create.
+What is refused: a body that is not UTF-8 JSON, or nests deeper than `MAX_DEPTH` (checked on the bytes before
+anything recurses); another wire version (`version` must be the integer 1); seqs that are not exactly
+`first..last` or lie outside 1..2^63−1 (the acknowledgement store holds 64-bit integers); measurement names
+other than `probe`, `host`, `agent`; tag keys outside the allowlist; empty, over-long, control-character or
+unencodable (lone UTF-16 surrogate) tag values; fields that are not finite numbers within ±`MAX_VALUE` (see
+below); timestamps older than the database's retention or further ahead than `max_future` (VictoriaMetrics drops
+those silently while answering 204, so they would be acknowledged and lost); `evicted` and `lost` ranges that
+are not 1 ≤ first ≤ last ≤ 2^63−1; known keys of the `agent` block with the wrong type, length or
+unprintable text (unknown keys are ignored: a newer agent may send more). Tags `province`, `commune`, `agent`
+in a payload are dropped: the collector sets them from the credential. `SeriesCap` bounds the distinct series
+one agent may create.
+
+Field values: VictoriaMetrics stores a block of one series' samples as 64-bit integer mantissas with one
+decimal exponent for the whole block, so one huge value drags the others' exponent up and they lose their
+decimals (measured on VM 1.79: beside 1e16, 12.345 is stored as 12.34 and 0.001 as 0; beside 1e19, 3 is
+stored as 0; beside 1e20, everything else is 0). Up to 2^53 (9,007,199,254,740,992, also the largest float
+that holds every integer) the other samples keep 3 decimals exactly, so that is the limit (docs/wire.md).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -19,12 +31,28 @@ from typing import Any, Mapping
 WIRE_VERSION = 1
 NAMES = frozenset({"probe", "host", "agent"})
 IDENTITY_TAGS = frozenset({"province", "commune", "agent"})
-_FIELD = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_SPOOL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")  # \Z, not $: `$` also matches before a final newline
+_SPOOL = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_TASK = re.compile(r"[a-z_]{1,32}\Z")
+# Never in a tag value: C0/C1 controls and DEL (a newline cannot be escaped in line protocol), lone surrogates
+# (no UTF-8 encoding: the database write and the state file would fail on them).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _MEASUREMENT_KEYS = frozenset({"seq", "name", "tags", "fields", "time", "result", "detail"})
 MAX_FIELDS = 64
+MAX_SEQ = 2**63 - 1  # seqs and ranges are SQLite INTEGERs
+MAX_VALUE = 2.0**53  # |field value|: what VictoriaMetrics keeps exactly beside 3-decimal values (module doc)
+MAX_DEPTH = 16  # JSON nesting; the wire needs 4 (payload → measurements → measurement → tags)
+MAX_RANGES = 10_000  # entries of `evicted` and of `lost` in one payload
+MAX_REASON = 200  # characters of a `lost` reason
+MAX_TASKS, MAX_TASK_ERROR = 16, 300
+MAX_TEXT = 100  # characters of the agent block's version strings
 RETENTION_MARGIN_MS = 3600_000  # refuse a little before VM's own cut: a sample about to expire is not worth it
+HEALTH = ("ok", "degraded")
+TASK_STATES = ("ok", "restarting", "failed")
+_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")  # deleted: only the brackets stay
+# A JSON string, or an unterminated one up to the end: always matches from its quote, never backtracks
+# (possessive), so stripping strings stays linear on any input.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.S)
 
 
 class PayloadError(ValueError):
@@ -52,6 +80,7 @@ class Batch:
     points: list[Point]
     evicted: list[tuple[int, int]]
     agent: dict[str, Any]
+    lost: list[tuple[int, int, str]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +94,75 @@ class Rules:
     max_tag_value: int
 
 
-def _int(value: Any, what: str) -> int:
+def _nesting(brackets: bytes, limit: int) -> bool | None:
+    """Return True when `brackets` (only []{}) is balanced and nests at most `limit` deep, False when it nests
+    deeper, None when its brackets do not match.
+
+    Each pass deletes the innermost pairs, so a document `limit` deep is empty after `limit` passes: C-speed
+    bytes.replace, never more than `limit` passes, whatever the input."""
+    for _ in range(limit):
+        if not brackets:
+            return True
+        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if len(shorter) == len(brackets):
+            return None
+        brackets = shorter
+    return not brackets
+
+
+def check_depth(body: bytes, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than `limit` (PayloadError) before any parser recurses into it."""
+    if _nesting(body.translate(None, _BRACKETS), limit):
+        return
+    # Brackets inside strings (a detail like "[Errno 111]" is fine, "[[[" is not) may have miscounted: look
+    # again without the strings. (Twice is at most 2 × limit passes: still linear in the body.)
+    verdict = _nesting(_STRING.sub(b"", body).translate(None, _BRACKETS), limit)
+    if verdict is None:
+        raise PayloadError("the body is not JSON: its brackets do not match")
+    if not verdict:
+        raise PayloadError(f"the JSON nests deeper than {limit} levels")
+
+
+def parse_json(body: bytes) -> Any:
+    """Return the JSON document of a UTF-8 body; PayloadError when it is not (NaN, Infinity, too deep included)."""
+    def _refuse(token: str) -> None:
+        raise PayloadError(f"{token} is not a number the database can store")
+    try:
+        text = body.decode("utf-8")  # strict: no encoded surrogates; JSON is UTF-8 (RFC 8259)
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"the body is not UTF-8: {exc}") from None
+    check_depth(body)
+    try:
+        return json.loads(text, parse_constant=_refuse)
+    except PayloadError:
+        raise
+    except (ValueError, RecursionError) as exc:  # RecursionError: not reachable after check_depth; never a 500
+        raise PayloadError(f"the body is not JSON: {exc}") from None
+
+
+def text_problem(value: Any, max_len: int, min_len: int = 1) -> str | None:
+    """Return what is wrong with a text the collector stores (None: fine): its type, length or characters."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not min_len <= len(value) <= max_len:
+        return f"must have {min_len} to {max_len} characters"
+    if not value.isprintable():  # controls, lone surrogates, line/paragraph separators, format characters
+        return "must be printable text (no control characters, newlines or unpaired surrogates)"
+    return None
+
+
+def _text(value: Any, what: str, max_len: int, min_len: int = 1) -> str:
+    problem = text_problem(value, max_len, min_len)
+    if problem:
+        raise PayloadError(f"{what} {problem}")
+    return value
+
+
+def _int(value: Any, what: str, low: int = -MAX_SEQ - 1, high: int = MAX_SEQ) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{what} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise PayloadError(f"{what} must be an integer from {low} to {high}")
     return value
 
 
@@ -79,8 +174,10 @@ def _dict(value: Any, what: str) -> dict:
 
 def _version(payload: Any) -> dict:
     payload = _dict(payload, "the payload")
-    if payload.get("version") != WIRE_VERSION:
-        raise PayloadError(f"unsupported wire version {payload.get('version')!r}: this collector speaks {WIRE_VERSION}")
+    version = payload.get("version")
+    if type(version) is not int or version != WIRE_VERSION:  # not True, not 1.0
+        shown = repr(version) if isinstance(version, (int, float, str, type(None))) else type(version).__name__
+        raise PayloadError(f"unsupported wire version {shown[:40]}: this collector speaks {WIRE_VERSION}")
     return payload
 
 
@@ -97,13 +194,14 @@ def check_tags(tags: Any, where: str, rules: Rules) -> dict[str, str]:
         if not value or len(value) > rules.max_tag_value:
             raise PayloadError(f"{where}: tag {key!r} must have 1 to {rules.max_tag_value} characters")
         if _CONTROL.search(value):
-            raise PayloadError(f"{where}: tag {key!r} contains a control character (newline, tab...)")
+            raise PayloadError(f"{where}: tag {key!r} contains a control character (newline, tab...) or an "
+                               "unpaired surrogate")
         out[key] = value
     return out
 
 
 def check_fields(fields: Any, where: str) -> dict[str, float]:
-    """Return the fields as floats; PayloadError for a name, a string, a boolean, NaN or inf."""
+    """Return the fields as floats; PayloadError for a name, a string, a boolean, NaN, inf or |v| > MAX_VALUE."""
     fields = _dict(fields, f"{where}.fields")
     if not fields or len(fields) > MAX_FIELDS:
         raise PayloadError(f"{where}: a measurement has 1 to {MAX_FIELDS} fields")
@@ -119,7 +217,10 @@ def check_fields(fields: Any, where: str) -> dict[str, float]:
         except OverflowError:  # a 400-digit integer
             number = math.inf
         if not math.isfinite(number):
-            raise PayloadError(f"{where}: field {key!r} is {value}: only finite numbers can be stored")
+            raise PayloadError(f"{where}: field {key!r} is {str(value)[:40]}: only finite numbers can be stored")
+        if abs(number) > MAX_VALUE:
+            raise PayloadError(f"{where}: field {key!r} is {number!r}: at most ±2^53 (9007199254740992), or "
+                               "VictoriaMetrics rounds the other samples stored beside it")
         out[key] = number
     return out
 
@@ -132,26 +233,28 @@ def check_ingest(payload: Any, rules: Rules, now_ms: int | None = None) -> Batch
     spool = payload.get("spool")
     if not isinstance(spool, str) or not _SPOOL.match(spool):
         raise PayloadError("spool must be the spool's id (letters, digits, '-', up to 64)")
-    first, last = _int(payload.get("first"), "first"), _int(payload.get("last"), "last")
+    first, last = _int(payload.get("first"), "first", 1), _int(payload.get("last"), "last", 1)
     items = payload.get("measurements")
     if not isinstance(items, list) or not items:
         raise PayloadError("measurements must be a non-empty list")
-    if first < 1 or last - first + 1 != len(items):
-        raise PayloadError(f"first..last ({first}..{last}) must number the {len(items)} measurements, from 1")
+    if first < 1 or last > MAX_SEQ or last - first + 1 != len(items):
+        raise PayloadError(f"first..last ({first}..{last}) must number the {len(items)} measurements, from 1 "
+                           f"to at most {MAX_SEQ}")
     if len(items) > rules.max_measurements:
         raise PayloadError(f"{len(items)} measurements in one batch: at most {rules.max_measurements}")
     points = []
     for index, item in enumerate(items):
         where = f"measurements[{index}]"
         item = _dict(item, where)
-        if item.get("seq") != first + index or isinstance(item.get("seq"), bool):
-            raise PayloadError(f"{where}: seq {item.get('seq')!r} where {first + index} was expected (gap-free)")
+        seq = item.get("seq")
+        if type(seq) is not int or seq != first + index:
+            raise PayloadError(f"{where}: seq {_short(seq)} where {first + index} was expected (gap-free)")
         extra = item.keys() - _MEASUREMENT_KEYS
         if extra:
-            raise PayloadError(f"{where}: unknown keys {', '.join(sorted(extra))}")
+            raise PayloadError(f"{where}: unknown keys {_short(', '.join(sorted(extra)))}")
         name = item.get("name")
         if name not in NAMES:
-            raise PayloadError(f"{where}: name {name!r} is not one of {', '.join(sorted(NAMES))}")
+            raise PayloadError(f"{where}: name {_short(name)} is not one of {', '.join(sorted(NAMES))}")
         stamp = _int(item.get("time"), f"{where}.time")
         if stamp < oldest:
             raise PayloadError(f"{where}: time {stamp} is older than the database keeps (retention)")
@@ -161,34 +264,125 @@ def check_ingest(payload: Any, rules: Rules, now_ms: int | None = None) -> Batch
         points.append(Point(first + index, name, check_tags(item.get("tags", {}), where, rules),
                             check_fields(item.get("fields"), where), stamp))
     return Batch(spool, first, last, points, check_evicted(payload.get("evicted", [])),
-                 check_agent(payload.get("agent", {})))
+                 check_agent(payload.get("agent", {})), check_lost(payload.get("lost", [])))
+
+
+def _short(value: Any) -> str:
+    """Return a bounded repr for a refusal message (the payload is the agent's, not ours to echo in full)."""
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _range(pair: Any, what: str) -> tuple[int, int]:
+    if (not isinstance(pair, list) or len(pair) < 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair[:2])
+            or not 1 <= pair[0] <= pair[1] <= MAX_SEQ):
+        raise PayloadError(f"{what} range {_short(pair) if not isinstance(pair, list) else _short(str(pair))} must be "
+                           f"[first, last] with 1 <= first <= last <= {MAX_SEQ}")
+    return pair[0], pair[1]
 
 
 def check_evicted(evicted: Any) -> list[tuple[int, int]]:
     """Return the evicted ranges as (first, last) pairs."""
-    if not isinstance(evicted, list) or len(evicted) > 10_000:
-        raise PayloadError("evicted must be a list of [first, last] ranges")
+    if not isinstance(evicted, list) or len(evicted) > MAX_RANGES:
+        raise PayloadError(f"evicted must be a list of at most {MAX_RANGES} [first, last] ranges")
     out = []
     for pair in evicted:
-        if (not isinstance(pair, list) or len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair)
-                or not 1 <= pair[0] <= pair[1]):
-            raise PayloadError(f"evicted range {pair!r} must be [first, last] with 1 <= first <= last")
-        out.append((pair[0], pair[1]))
+        if isinstance(pair, list) and len(pair) != 2:
+            raise PayloadError(f"evicted range {_short(str(pair))} must be [first, last]")
+        out.append(_range(pair, "evicted"))
     return out
 
 
+def check_lost(lost: Any) -> list[tuple[int, int, str]]:
+    """Return the lost ranges (seqs the agent could not read back from its spool) as (first, last, reason)."""
+    if not isinstance(lost, list) or len(lost) > MAX_RANGES:
+        raise PayloadError(f"lost must be a list of at most {MAX_RANGES} [first, last, reason] entries")
+    out = []
+    for entry in lost:
+        if isinstance(entry, list) and len(entry) != 3:
+            raise PayloadError(f"lost entry {_short(str(entry))} must be [first, last, reason]")
+        first, last = _range(entry, "lost")
+        out.append((first, last, _text(entry[2], "a lost reason", MAX_REASON)))
+    return out
+
+
+def _count(info: Mapping[str, Any], key: str, number: bool = False) -> Any:
+    """Return agent block value `key`: an integer 0..2^63−1 (or, with `number`, any finite number ≥ 0)."""
+    value = info[key]
+    if number and isinstance(value, float) and not isinstance(value, bool):
+        if not (math.isfinite(value) and 0 <= value <= MAX_VALUE):
+            raise PayloadError(f"agent.{key} must be a number from 0 to 2^53")
+        return value
+    return _int(value, f"agent.{key}", 0, MAX_SEQ)
+
+
 def check_agent(agent: Any) -> dict[str, Any]:
-    """Return the wire's `agent` block (self-reported state; the registry takes what it knows)."""
-    return _dict(agent, "agent")
+    """Return the known keys of the wire's `agent` block, checked; unknown keys are ignored (newer agents)."""
+    info = _dict(agent, "agent")
+    out: dict[str, Any] = {}
+    for key in ("version", "config_version"):
+        if key in info:
+            out[key] = _text(info[key], f"agent.{key}", MAX_TEXT)
+    for key in ("spool_rows", "dropped_total"):
+        if key in info:
+            out[key] = _count(info, key, number=True)
+    for key in ("task_restarts_total", "lost_total", "disk_free_bytes"):
+        if key in info:
+            out[key] = _count(info, key)
+    if "clock_offset_ms" in info:
+        offset = info["clock_offset_ms"]
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not abs(offset) <= MAX_VALUE:
+            raise PayloadError("agent.clock_offset_ms must be a finite number (milliseconds)")
+        out["clock_offset_ms"] = float(offset)
+    if "health" in info:
+        if info["health"] not in HEALTH:
+            raise PayloadError(f"agent.health must be one of {', '.join(HEALTH)}")
+        out["health"] = info["health"]
+    if "tasks" in info:
+        out["tasks"] = _check_tasks(info["tasks"])
+    return out
+
+
+def _check_tasks(tasks: Any) -> dict[str, dict[str, Any]]:
+    tasks = _dict(tasks, "agent.tasks")
+    if len(tasks) > MAX_TASKS:
+        raise PayloadError(f"agent.tasks has {len(tasks)} tasks: at most {MAX_TASKS}")
+    out = {}
+    for name, task in tasks.items():
+        if not _TASK.match(name):
+            raise PayloadError(f"agent.tasks: task name {_short(name)} is not 1 to 32 of a-z and '_'")
+        where = f"agent.tasks.{name}"
+        task = _dict(task, where)
+        if task.get("state") not in TASK_STATES:
+            raise PayloadError(f"{where}.state must be one of {', '.join(TASK_STATES)}")
+        clean = {"state": task["state"], "restarts": _int(task.get("restarts", 0), f"{where}.restarts", 0, MAX_SEQ)}
+        if task.get("error") is not None:
+            clean["error"] = _text(task["error"], f"{where}.error", MAX_TASK_ERROR, 0)
+        out[name] = clean
+    return out
 
 
 def check_heartbeat(payload: Any) -> tuple[str, dict[str, Any]]:
-    """Return (state, agent block) of a heartbeat payload."""
+    """Return (state, checked agent block) of a heartbeat payload."""
     payload = _version(payload)
     state = payload.get("state")
     if state not in ("running", "stopping"):
-        raise PayloadError(f"state {state!r} must be 'running' or 'stopping'")
+        raise PayloadError(f"state {_short(state)} must be 'running' or 'stopping'")
     return state, check_agent(payload.get("agent", {}))
+
+
+def check_enroll(payload: Any) -> tuple[str, str, str | None]:
+    """Return (token, agent id, hostname or None) of an enrollment payload, checked before the token is used."""
+    if not isinstance(payload, dict) or type(payload.get("version")) is not int or payload.get("version") != 1:
+        raise PayloadError('expected {"version": 1, "token": ..., "agent_id": ...}')
+    token, agent_id, hostname = payload.get("token"), payload.get("agent_id"), payload.get("hostname")
+    if not isinstance(token, str) or not isinstance(agent_id, str):
+        raise PayloadError("token and agent_id must be strings")
+    _text(token, "token", 200)
+    _text(agent_id, "agent_id", 63)
+    if hostname is not None:
+        _text(hostname, "hostname", 200)
+    return token, agent_id, hostname
 
 
 class SeriesCap:
@@ -212,5 +406,6 @@ class SeriesCap:
         seen |= new
 
 
-__all__ = ["Batch", "NAMES", "PayloadError", "Point", "Rules", "SeriesCap", "WIRE_VERSION", "check_heartbeat",
-           "check_ingest"]
+__all__ = ["Batch", "MAX_DEPTH", "MAX_SEQ", "MAX_VALUE", "NAMES", "PayloadError", "Point", "Rules", "SeriesCap",
+           "WIRE_VERSION", "check_agent", "check_depth", "check_enroll", "check_heartbeat", "check_ingest",
+           "check_lost", "parse_json", "text_problem"]

@@ -32,7 +32,7 @@ def standard_payload() -> dict:
     rng, now = random.Random(7), int(time.time() * 1000) - 3_600_000
     items = standard_round(rng, {"province": "other", "commune": "x", "agent": "y"}, now)
     items += standard_round(rng, {"province": "other", "commune": "x", "agent": "y"}, now + 30_000)
-    items[0]["fields"].update(tiny=1e-05, huge=1.5e20, whole=3)  # exponents and a JSON integer
+    items[0]["fields"].update(tiny=1e-05, huge=1.5e15, whole=3)  # exponents and a JSON integer
     return {"version": 1, "spool": "s-1", "first": 11, "last": 10 + len(items),
             "measurements": [{"seq": 11 + i, **m} for i, m in enumerate(items)], "evicted": [[1, 10]], "agent": {}}
 
@@ -47,7 +47,7 @@ def test_fast_path_gives_the_slow_paths_lines(separators):
     assert len(fast.series) == 32  # one round of the standard profile
     head = parsed(fast.lines)[0][0]
     assert head.endswith(",province=ha-tinh,commune=dong\\ loc,agent=quay\\=01") and "province=other" not in head
-    verbatim = b"tiny=1e-05,huge=1.5e+20,whole=3 " if separators == (",", ":") else b"whole=3.0 "
+    verbatim = b"tiny=1e-05,huge=1500000000000000.0,whole=3 " if separators == (",", ":") else b"whole=3.0 "
     assert verbatim in fast.lines[0]  # compact JSON (the agent's): its number text as it came
 
 
@@ -93,10 +93,10 @@ async def test_vm_stores_the_verbatim_numbers(tmp_path):
     with Victoria(tmp_path / "vm", retention="30d") as vm:
         async with collector_client(make_config(tmp_path / "c", vm.url)) as client:
             cred = credential(client, agent="numbers-01")
-            data = payload(1, 2, fields={"up": 1, "rtt_ms": 1e-05, "big_bytes": 1.5e20, "loss_pct": -0.0})
+            data = payload(1, 2, fields={"up": 1, "rtt_ms": 1e-05, "big_bytes": 2**53, "loss_pct": -0.0})
             status, answer, _ = await post(client, cred, data)
             assert status == 200 and answer["written"] == 2, answer
         samples = vm.samples('{agent="numbers-01"}')
         assert {(labels, t) for labels, t, _ in samples} == expected_pairs(data, agent="numbers-01")
         values = {dict(labels)["__name__"]: v for labels, _, v in samples}
-        assert values == {"probe_up": 1.0, "probe_rtt_ms": 1e-05, "probe_big_bytes": 1.5e20, "probe_loss_pct": 0.0}
+        assert values == {"probe_up": 1.0, "probe_rtt_ms": 1e-05, "probe_big_bytes": 2.0**53, "probe_loss_pct": 0.0}
