@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -20,9 +23,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from agent.spool import Spool, SpoolWriteError
-from probes.measurement import Measurement
+from agent.spool import DamagedRow, Spool, SpoolBatch, SpoolWriteError
+from probes.measurement import RESULTS, Measurement
 
 REPO = Path(__file__).resolve().parents[2]
 TAGS = {"service": "ioffice", "target": "ioffice-web", "probe": "http", "line": "primary",
@@ -481,3 +486,154 @@ def test_a_full_disk_drops_and_counts_runs_once_logged_and_the_spool_resumes_whe
     messages = [r.getMessage() for r in caplog.records]
     assert sum("cannot commit" in m for m in messages) == 1  # once per episode, not once per run
     assert sum("writes again: 30 measurements were dropped" in m for m in messages) == 1
+
+
+# -- properties (hypothesis) ---------------------------------------------------------------------------------------
+
+TEXT = st.text(max_size=30)  # any Unicode but lone surrogates (UTF-8 cannot carry them; hypothesis' default)
+FIELD_VALUES = st.floats() | st.integers(-2**53, 2**53) | st.booleans()
+MEASUREMENTS = st.builds(
+    Measurement, name=st.text(min_size=1, max_size=20), tags=st.dictionaries(TEXT, TEXT, max_size=8),
+    fields=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), FIELD_VALUES, max_size=10),
+    time=st.integers(0, 2**62), result=st.sampled_from(RESULTS), detail=TEXT)
+JSON = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | TEXT,
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=12)
+# Garbage of three depths: raw bytes (zlib fails), deflated bytes (JSON fails), deflated JSON (from_dict fails)
+GARBAGE = st.one_of(
+    st.binary(max_size=300).map(lambda b: ("raw", b)),
+    st.binary(max_size=300).map(lambda b: ("deflate", b)),
+    JSON.map(lambda v: ("deflate", json.dumps(v).encode())),
+    st.fixed_dictionaries({"name": TEXT, "tags": JSON, "fields": JSON, "time": JSON}).map(
+        lambda v: ("deflate", json.dumps(v).encode())),
+)
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def garbage_body(spool: Spool, garbage: tuple[str, bytes]) -> bytes:
+    kind, raw = garbage
+    return deflated(spool, raw) if kind == "deflate" else raw
+
+
+@PROPERTY
+@given(batch=st.lists(MEASUREMENTS, min_size=1, max_size=4))
+def test_any_measurement_round_trips_through_the_spool(tmp_path: Path, batch: list[Measurement]) -> None:
+    with Spool(tmp_path / "spool.db", live_age_s=0) as spool:
+        committed = spool.append(batch)
+        got = spool.next_batch(10)
+        assert (got.first, got.last) == (committed.start, committed.stop - 1)
+        assert [m for _, m in got.items] == batch
+        spool.ack(got.first, got.last)
+
+
+@PROPERTY
+@given(garbage=GARBAGE, where=st.integers(0, 2), max_rows=st.integers(1, 4))
+def test_garbage_in_a_body_is_reported_damaged_and_never_raises_out_of_next_batch(
+        tmp_path: Path, garbage: tuple[str, bytes], where: int, max_rows: int) -> None:
+    with Spool(tmp_path / f"spool-{time.monotonic_ns()}.db", live_age_s=0) as spool:
+        seqs = spool.append(rows(3))
+        bad = seqs[where]
+        body = garbage_body(spool, garbage)
+        damage(spool.path, bad, body)
+        try:
+            decoded = spool._decode(body)
+        except DamagedRow:
+            decoded = None
+        delivered: dict[int, Measurement] = {}
+        for batch in _drain(spool, max_rows):  # asserts every batch is contiguous
+            delivered.update(batch.items)
+        lost = {s for a, b, _ in spool.pending_lost() for s in range(a, b + 1)}
+        assert set(delivered) | lost == set(seqs) and not set(delivered) & lost
+        if decoded is None:  # undecodable: set aside, reported lost with the stage that failed
+            assert lost == {bad} and spool.lost_total == 1 and [s for s, _ in spool.damaged()] == [bad]
+            assert spool.pending_lost()[0][2].startswith("damaged spool row: ")
+        else:  # garbage that happens to be a Measurement is one: shipped as such
+            assert lost == set() and delivered[bad] == decoded
+
+
+class SpoolMachine(RuleBasedStateMachine):
+    """Random appends, damage, batches, acks, quarantines, reports, checks and restarts of one small spool.
+
+    Invariant: every seq ever assigned is exactly one of: still in the spool, acknowledged, quarantined,
+    evicted (pending or reported) or lost (pending or reported). The cap is small, so eviction happens.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="spool-machine-"))
+        self.path = self.dir / "spool.db"
+        self.spool = Spool(self.path, max_bytes=200_000, live_age_s=0.05)
+        self.acked: set[int] = set()
+        self.quarantined: set[int] = set()
+        self.evicted_reported: set[int] = set()
+        self.lost_reported: set[int] = set()
+        self.in_flight: SpoolBatch | None = None
+        self.appended = 0
+
+    @rule(count=st.integers(1, 80))
+    def append(self, count: int) -> None:
+        self.spool.append(rows(count, self.appended))
+        self.appended += count
+
+    @rule(data=st.data(), garbage=GARBAGE)
+    def damage_a_row(self, data: st.DataObject, garbage: tuple[str, bytes]) -> None:
+        present = stored(self.path)
+        if present:
+            damage(self.path, data.draw(st.sampled_from(present)), garbage_body(self.spool, garbage))
+
+    @rule(max_rows=st.integers(1, 100))
+    def take(self, max_rows: int) -> None:
+        self.in_flight = batch = self.spool.next_batch(max_rows)
+        if batch is not None:
+            assert [s for s, _ in batch.items] == list(range(batch.first, batch.last + 1))
+
+    @precondition(lambda self: self.in_flight is not None)
+    @rule()
+    def ack(self) -> None:
+        batch, self.in_flight = self.in_flight, None
+        assert self.spool.ack(batch.first, batch.last) == len(batch.items)  # in flight: nothing went missing
+        self.acked |= set(range(batch.first, batch.last + 1))
+
+    @precondition(lambda self: self.in_flight is not None)
+    @rule()
+    def quarantine(self) -> None:
+        batch, self.in_flight = self.in_flight, None
+        assert self.spool.quarantine(batch.first, batch.last, "refused") == len(batch.items)
+        self.quarantined |= set(range(batch.first, batch.last + 1))
+
+    @rule()
+    def report(self) -> None:  # what the shipper does after a 2xx
+        evicted, lost = self.spool.pending_evictions(), self.spool.pending_lost()
+        self.spool.evictions_reported(evicted)
+        self.spool.lost_reported(lost)
+        self.evicted_reported |= {s for a, b in evicted for s in range(a, b + 1)}
+        self.lost_reported |= {s for a, b, _ in lost for s in range(a, b + 1)}
+
+    @rule()
+    def check(self) -> None:
+        self.spool.check()
+
+    @rule()
+    def restart(self) -> None:  # a new process: whatever was in flight is offered again, never acked by this one
+        self.spool.close()
+        self.spool = Spool(self.path, max_bytes=200_000, live_age_s=0.05)
+        self.in_flight = None
+
+    @invariant()
+    def every_seq_is_accounted_for_exactly_once(self) -> None:
+        present = set(stored(self.path))
+        evicted = self.evicted_reported | {s for a, b in self.spool.pending_evictions() for s in range(a, b + 1)}
+        lost = self.lost_reported | {s for a, b, _ in self.spool.pending_lost() for s in range(a, b + 1)}
+        groups = [present, self.acked, self.quarantined, evicted, lost]
+        assigned = set(range(1, self.spool._next_seq))
+        assert set().union(*groups) == assigned
+        assert sum(map(len, groups)) == len(assigned), "a seq is in two places"
+        assert self.spool.depth() == len(present)
+        assert self.spool.dropped_total == len(evicted) and self.spool.lost_total == len(lost)
+
+    def teardown(self) -> None:
+        self.spool.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SpoolMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
+test_every_seq_is_in_the_spool_acked_quarantined_evicted_or_lost = SpoolMachine.TestCase
