@@ -49,7 +49,9 @@ MAX_TEXT = 100  # characters of the agent block's version strings
 RETENTION_MARGIN_MS = 3600_000  # refuse a little before VM's own cut: a sample about to expire is not worth it
 HEALTH = ("ok", "degraded")
 TASK_STATES = ("ok", "restarting", "failed")
-_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")  # deleted: only the brackets stay
+# Only the brackets stay, `{}` turned into `[]`: one kind, so each pass of `_nesting` peels exactly one level.
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
 # A JSON string, or an unterminated one up to the end: always matches from its quote, never backtracks
 # (possessive), so stripping strings stays linear on any input.
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.S)
@@ -95,15 +97,16 @@ class Rules:
 
 
 def _nesting(brackets: bytes, limit: int) -> bool | None:
-    """Return True when `brackets` (only []{}) is balanced and nests at most `limit` deep, False when it nests
-    deeper, None when its brackets do not match.
+    """Return True when `brackets` (only `[` and `]`) is balanced and nests at most `limit` deep, False when it
+    nests deeper, None when its brackets do not match.
 
-    Each pass deletes the innermost pairs, so a document `limit` deep is empty after `limit` passes: C-speed
-    bytes.replace, never more than `limit` passes, whatever the input."""
+    Each pass deletes the innermost pairs, so a document `limit` deep is empty after exactly `limit` passes:
+    C-speed bytes.replace, never more than `limit` passes, whatever the input. (`[}` counts as a pair here:
+    the parser refuses it afterwards, having nested no deeper than this counted.)"""
     for _ in range(limit):
         if not brackets:
             return True
-        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        shorter = brackets.replace(b"[]", b"")
         if len(shorter) == len(brackets):
             return None
         brackets = shorter
@@ -112,11 +115,11 @@ def _nesting(brackets: bytes, limit: int) -> bool | None:
 
 def check_depth(body: bytes, limit: int = MAX_DEPTH) -> None:
     """Refuse JSON nested deeper than `limit` (PayloadError) before any parser recurses into it."""
-    if _nesting(body.translate(None, _BRACKETS), limit):
+    if _nesting(body.translate(_ONE_KIND, _NOT_BRACKETS), limit):
         return
     # Brackets inside strings (a detail like "[Errno 111]" is fine, "[[[" is not) may have miscounted: look
     # again without the strings. (Twice is at most 2 × limit passes: still linear in the body.)
-    verdict = _nesting(_STRING.sub(b"", body).translate(None, _BRACKETS), limit)
+    verdict = _nesting(_STRING.sub(b"", body).translate(_ONE_KIND, _NOT_BRACKETS), limit)
     if verdict is None:
         raise PayloadError("the body is not JSON: its brackets do not match")
     if not verdict:
