@@ -22,7 +22,8 @@ agent's CPU % of one core over the window, in and out of cuts, the cuts/steady r
     .venv/bin/python -m benchmarks.dead_line_cpu probes --before /tmp/before --after /tmp/after --runs 15
     .venv/bin/python -m benchmarks.dead_line_cpu soak --code after=/tmp/after --minutes 30
 
-Each part rewrites its own section of results/dead_line_cpu.md and keeps the other's.
+Each run rewrites its own section of results/dead_line_cpu.md (`--section`, default the part's name) and keeps
+the others.
 """
 
 from __future__ import annotations
@@ -367,24 +368,21 @@ sample intervals inside a cut, "between cuts" all the others (including the back
 
 # --- results file -----------------------------------------------------------------------------------------------
 
-PART_RE = r"<!-- part:{0} -->\n.*?<!-- /part:{0} -->\n"
+PART_RE = re.compile(r"<!-- part:(\S+) -->\n.*?<!-- /part:\1 -->\n", re.S)
 
 
 def write_part(part: str, section: str) -> None:
-    """Replace part `part`'s section in results/dead_line_cpu.md (keeping the other part's) and print it."""
+    """Replace (or add) section `part` of results/dead_line_cpu.md, keeping the others, and print it."""
     old = RESULTS.read_text() if RESULTS.exists() else ""
-    sections = {}
-    for name in ("probes", "soak"):
-        match = re.search(PART_RE.format(name), old, re.S)
-        sections[name] = match.group(0) if match else ""
+    sections = {m.group(1): m.group(0) for m in PART_RE.finditer(old)}
     sections[part] = f"<!-- part:{part} -->\n{section.rstrip()}\n<!-- /part:{part} -->\n"
     host = os.uname()
     head = (f"# Dead-line CPU: what a cut primary line costs the agent\n\n"
             f"Machine: {host.nodename} ({os.cpu_count()} CPUs, Linux {host.release}). "
             f"Code: benchmarks/dead_line_cpu.py (its docstring says how to run it).\n\n")
-    tail = old.split("<!-- notes -->\n", 1)[1] if "<!-- notes -->\n" in old else ""  # hand-written notes
-    RESULTS.write_text(head + "\n".join(s for s in (sections["probes"], sections["soak"]) if s)
-                       + ("\n<!-- notes -->\n" + tail if tail else ""))
+    notes = old.split("<!-- notes -->\n", 1)[1] if "<!-- notes -->\n" in old else ""  # written by hand
+    body = "\n".join(sections[name] for name in sorted(sections, key=lambda n: (not n.startswith("probes"), n)))
+    RESULTS.write_text(head + body + ("\n<!-- notes -->\n" + notes if notes else ""))
     print(section)
     print(f"written to {RESULTS.relative_to(REPO_ROOT)}")
 
@@ -409,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     soak = sub.choices["soak"]
     soak.add_argument("--code", action="append", default=None,
                       help="LABEL=DIR: a source tree to soak (repeat for several; default after=<this tree>)")
+    for p in (probes, soak):
+        p.add_argument("--section", help="name of the results section to (re)write (default: the part's name)")
     soak.add_argument("--fd-every", type=float, default=2.5, help="minutes between fd counts in the table")
     side = sub.choices["soak-side"]
     side.add_argument("--code", required=True)
@@ -416,10 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     side.add_argument("--cuts", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "probes":
-        write_part("probes", run_probes(args))
+        write_part(args.section or "probes", run_probes(args))
     elif args.command == "soak":
         args.code = args.code or [f"after={REPO_ROOT}"]
-        write_part("soak", run_soak(args))
+        write_part(args.section or "soak", run_soak(args))
     else:
         soak_side(args)
 
