@@ -256,7 +256,7 @@ def check_ingest(payload: Any, rules: Rules, now_ms: int | None = None) -> Batch
         if extra:
             raise PayloadError(f"{where}: unknown keys {_short(', '.join(sorted(extra)))}")
         name = item.get("name")
-        if name not in NAMES:
+        if not isinstance(name, str) or name not in NAMES:  # a list is unhashable: `in` a set would raise
             raise PayloadError(f"{where}: name {_short(name)} is not one of {', '.join(sorted(NAMES))}")
         stamp = _int(item.get("time"), f"{where}.time")
         if stamp < oldest:

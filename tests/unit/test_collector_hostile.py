@@ -201,6 +201,16 @@ async def test_bad_evicted_ranges_are_400(client, bad):
     assert status == 400 and "evicted" in answer["error"], answer
 
 
+@pytest.mark.parametrize("name", [[], {}, ["probe"], None, 1])
+async def test_a_measurement_name_of_any_type_is_400(client, name):
+    """Found by the fuzzer: a list as `name` raised TypeError (unhashable) in the slow path: a 500."""
+    cred = credential(client, agent="name-01")
+    data = payload(1, 2)
+    data["measurements"][1]["name"] = name
+    status, answer, _ = await post(client, cred, data)
+    assert status == 400 and "measurements[1]: name" in answer["error"], answer
+
+
 @pytest.mark.parametrize("version", [True, 1.0, "1", [1], {"v": 1}, None, 2, 2**70])
 async def test_version_must_be_the_integer_1(client, version):
     cred = credential(client, agent="ver-01")
