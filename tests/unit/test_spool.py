@@ -3,8 +3,6 @@ rows, corrupt pages (real bytes overwritten in the file), a really full disk (a 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
@@ -20,13 +18,13 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from agent.spool import DamagedRow, Spool, SpoolBatch, SpoolWriteError
+from disk_helpers import fill, tmpfs
 from probes.measurement import RESULTS, Measurement
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,7 +239,7 @@ def test_a_broken_file_is_moved_aside_and_a_new_spool_started(tmp_path: Path) ->
 
 CHILD = textwrap.dedent("""
     import sys
-    sys.path.insert(0, sys.argv[3])
+    sys.path[:0] = [sys.argv[3], sys.argv[3] + "/tests"]
     from agent.spool import Spool
     from tests.unit.test_spool import rows
     spool = Spool(sys.argv[1], max_bytes=int(sys.argv[2]))
@@ -419,35 +417,6 @@ def test_corruption_met_while_reading_a_batch_rebuilds_the_spool_and_shipping_go
     spool.close()
 
 
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str) -> Iterator[Path]:
-    """Mount a real tmpfs of `size` at `where` (root only), unmounted afterwards whatever happens."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path) -> int:
-    """Write a ballast file until the file system is full; return its size."""
-    written = 0
-    with open(path, "wb", buffering=0) as f:
-        for chunk in (65536, 4096, 512, 1):
-            try:
-                while True:
-                    written += f.write(b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-    return written
-
-
 def test_a_full_disk_drops_and_counts_runs_once_logged_and_the_spool_resumes_when_space_returns(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="agent.spool")
@@ -551,7 +520,8 @@ def test_garbage_in_a_body_is_reported_damaged_and_never_raises_out_of_next_batc
 
 
 class SpoolMachine(RuleBasedStateMachine):
-    """Random appends, damage, batches, acks, quarantines, reports, checks and restarts of one small spool.
+    """Random appends, damage, batches, acks, quarantines, reports, checks and restarts of one small spool
+    (live rows are those of the current process: no timing in the model, so hypothesis can replay it).
 
     Invariant: every seq ever assigned is exactly one of: still in the spool, acknowledged, quarantined,
     evicted (pending or reported) or lost (pending or reported). The cap is small, so eviction happens.
@@ -561,7 +531,7 @@ class SpoolMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="spool-machine-"))
         self.path = self.dir / "spool.db"
-        self.spool = Spool(self.path, max_bytes=200_000, live_age_s=0.05)
+        self.spool = Spool(self.path, max_bytes=200_000, live_age_s=3600)
         self.acked: set[int] = set()
         self.quarantined: set[int] = set()
         self.evicted_reported: set[int] = set()
@@ -615,7 +585,7 @@ class SpoolMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:  # a new process: whatever was in flight is offered again, never acked by this one
         self.spool.close()
-        self.spool = Spool(self.path, max_bytes=200_000, live_age_s=0.05)
+        self.spool = Spool(self.path, max_bytes=200_000, live_age_s=3600)
         self.in_flight = None
 
     @invariant()
