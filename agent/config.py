@@ -22,7 +22,7 @@ from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, Field, model_valida
 from probes import registry
 from probes.base import Duration, Line, LineConfig, Slug, StrictModel, TargetConfig
 
-from .config_errors import field_keys, suggest, unknown_key, validate_model
+from .config_errors import field_keys, kind_of, suggest, unknown_key, validate_model
 from .yaml_marks import ConfigError, ConfigIssue, LocatedYaml, Path_, read_yaml
 
 
@@ -305,7 +305,7 @@ class _Validator:
             if not isinstance(shared, bool):
                 self.add((*path, "shared"), "should be true or false")
         probe = item.get("probe")
-        if probe not in self.modules:
+        if not isinstance(probe, str) or probe not in self.modules:  # a list or mapping is unhashable
             self.add(path, self._bad_probe(probe), at=(*path, "probe"))
             return _Checked(path, item, None)
         module = self.modules[probe]
@@ -320,6 +320,8 @@ class _Validator:
         available = ", ".join(registry.PROBE_MODULES)
         if probe is None:
             return f"missing required key 'probe' (one of: {available})"
+        if not isinstance(probe, str):
+            return f"probe should be the name of a probe (one of: {available}), not {kind_of(probe)}"
         if probe in self.broken:
             return f"probe '{probe}' cannot be used here: {self.broken[probe]}"
         hint = suggest(str(probe), registry.PROBE_MODULES) or f" (available: {available})"
@@ -363,7 +365,7 @@ class _Validator:
         if (*path, "lines") in self.located.lines:
             return (*path, "lines", index)
         probe = self.located.data["services"][path[1]][path[2]].get("probe")
-        if ("defaults", probe, "lines") in self.located.lines:
+        if isinstance(probe, str) and ("defaults", probe, "lines") in self.located.lines:
             return ("defaults", probe, "lines", index)
         return ("defaults", "lines", index)
 

@@ -78,9 +78,9 @@ def plain_message(error: dict[str, Any], known_keys: Iterable[str] = ()) -> str:
     if kind in _PLAIN_TYPES:
         return f"{show(value)} {_PLAIN_TYPES[kind]}"
     if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return "should be a mapping of keys to values (key: value), not " + _kind_of(value)
+        return "should be a mapping of keys to values (key: value), not " + kind_of(value)
     if kind == "list_type":
-        return "should be a list ([a, b] or one '- item' per line), not " + _kind_of(value)
+        return "should be a list ([a, b] or one '- item' per line), not " + kind_of(value)
     message = str(error.get("msg", kind))
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
@@ -103,7 +103,8 @@ _PLAIN_TYPES = {
 }
 
 
-def _kind_of(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """Return what a wrong value is, for a message: "an empty value", "a mapping", "a list" or the value."""
     if value is None:
         return "an empty value"
     if isinstance(value, dict):
@@ -183,6 +184,7 @@ __all__ = [
     "ConfigIssue",
     "field_keys",
     "format_path",
+    "kind_of",
     "known_keys",
     "merge_union_messages",
     "plain_message",

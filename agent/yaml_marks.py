@@ -138,8 +138,8 @@ def load_yaml(source: str | bytes, file: str = "<config>", limits: Limits = LIMI
     """
     raw = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
     if len(raw) > limits.max_bytes:
-        raise ConfigError([ConfigIssue(file, 1, (), f"the file is larger than {_size(limits.max_bytes)}: a config "
-                                       f"is at most {_size(limits.max_bytes)} (is this the right file?)")])
+        raise ConfigError([ConfigIssue(file, 1, (), f"the file is larger than {_size(limits.max_bytes)}, the most "
+                                       "a config may be (is this the right file?)")])
     text = _decode(raw, file, limits) if isinstance(source, bytes) else source
     _check_characters(text, file, limits)
     loader = _BudgetLoader(text, limits)

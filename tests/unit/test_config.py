@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from agent.config import ConfigError, load_config
+from agent.yaml_marks import Limits, load_yaml
 from probes.registry import loadable as probe_modules
 from probes import registry
 from probes.base import TargetConfig
@@ -239,3 +240,51 @@ def test_shipped_example_covers_every_service_and_enough_targets() -> None:
     data = yaml.safe_load((CONFIGS / "commune-example.yaml").read_text(encoding="utf-8"))
     assert {"ioffice", "dvc", "email", "dns", "internet"} <= set(data["services"])
     assert sum(len(t) for t in data["services"].values()) >= 12
+
+
+# -- the loader's budget (agent/yaml_marks.py); hostile files are in testdata/bad-configs ------------------------
+
+
+def test_a_file_over_1_mib_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_bytes(b"# " + b"x" * (1 << 20) + b"\n")
+    assert errors_of(path) == [f"{path}:1: the file is larger than 1 MiB, the most a config may be (is this the right file?)"]
+
+
+def test_more_than_50000_values_are_refused_at_the_line_where_the_budget_runs_out(tmp_path: Path) -> None:
+    # 100 kB of `1,` is within the size limit but would cost ~40 MB of nodes; real configs have a few hundred.
+    path = write(tmp_path, "agent: {province: ha-tinh, commune: dong-loc, id: q}\nservices:\n  a: [\n" + "1,\n" * 50_000 + "]\n")
+    # 13 nodes before the list's items (mappings, keys, values, the list): item 49,987 is node 50,001, on line 49,991.
+    assert errors_of(path) == [f"{path}:49991: services.a[49987]: more than 50,000 keys and values: a config needs a "
+                               "few hundred (is this the right file?)"]
+
+
+def test_a_merged_mapping_reached_twice_through_aliases_is_read_the_same_both_times() -> None:
+    # PyYAML's flatten_mapping rewrites the node: a second visit used to see merged keys as duplicates.
+    located = load_yaml("a: &m {<<: {k: 1, j: 0}, k: 2}\nb: *m\nc: [*m, *m]\n", "f.yaml")
+    assert located.issues == []
+    assert located.data == {"a": {"k": 2, "j": 0}, "b": {"k": 2, "j": 0}, "c": [{"k": 2, "j": 0}, {"k": 2, "j": 0}]}
+    assert located.line_of(("c", 1, "k")) == 1  # where the aliased text is written
+
+
+def test_aliases_within_the_budget_are_expanded() -> None:
+    # 9 aliases of a list of 1,000 values (1,001 nodes): 9,009 nodes through aliases, under the 10,000 budget.
+    text = "a: &a [" + ",".join(["x"] * 1000) + "]\nb: [" + ",".join(["*a"] * 9) + "]\n"
+    assert len(load_yaml(text).data["b"]) == 9
+    with pytest.raises(ConfigError) as refused:
+        load_yaml(text.replace("*a]", "*a,*a]"), "f.yaml")  # the 10th alias: 10,010
+    assert [str(i) for i in refused.value.issues] == [
+        "f.yaml:2: b[9]: alias *a brings the values repeated through aliases to more than 10,000 (an alias bomb?)"]
+
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "bom.yaml"
+    path.write_bytes("\ufeffagent: {province: ha-tinh, commune: dong-loc, id: q}\nservices: {}\n".encode())
+    assert errors_of(path) == [f"{path}:2: services: no services: add at least one service with its targets"]
+
+
+def test_limits_are_parameters_of_the_loader() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_yaml("a: [[[1]]]\n", "f.yaml", Limits(max_depth=3))
+    assert str(refused.value) == "f.yaml:1: a[0][0]: nested deeper than 3 levels: a config needs a handful"
+    assert load_yaml("a: [[1]]\n", "f.yaml", Limits(max_depth=3)).data == {"a": [[1]]}
