@@ -1,18 +1,21 @@
 """What the collector refuses, end to end: a revoked real agent, and hostile payloads with a real credential.
 
 A refused agent keeps spooling and loses nothing once enrolled again; a hostile request is refused (or its
-identity tags overridden) and nothing of it beyond what it was allowed reaches VictoriaMetrics.
+identity tags overridden) and nothing of it beyond what it was allowed reaches VictoriaMetrics; a hostile
+credential (unencodable strings, deep nesting, seqs past 2^63, huge values, stalled uploads) cannot stop the
+real agent's delivery, the fleet registry or a clean collector stop.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import socket
 import subprocess
 import sys
 import time
 
-from collector_helpers import ROOT, body, http_post, payload
+from collector_helpers import ROOT, body, enroll_direct, http_post, payload
 from e2e.harness import AGENT_ID, Pipeline
 
 
@@ -66,3 +69,56 @@ def test_hostile_requests_are_refused_or_overridden_and_nothing_of_theirs_is_wri
     assert {m["target"] for m in series} == {"ioffice-web", injected["target"]}  # stored literally
     assert {key for m in series for key in m} <= {"__name__", "province", "commune", "agent", "service", "target",
                                                    "probe", "line"}  # no tag smuggled in
+
+
+def test_a_hostile_credential_cannot_stop_the_real_agent_the_registry_or_a_clean_stop(pipeline: Pipeline) -> None:
+    """The hostile tester's findings, with the real agent running beside them: every hostile request is a 400
+    with a reason, then 20 stalled uploads hold only their own credential's places (429 for it), and the real
+    agent delivers every round throughout."""
+    hostile = enroll_direct(pipeline.tmp / "state", agent="mallory-01")
+    pipeline.start_agent()
+    url = pipeline.collector.url
+    hostile_bodies = [
+        b'{"version":1,"state":"running","agent":{"version":"\\ud800"}}',
+        json.dumps(payload(1, 1, spool="m1", tags={"service": "dns", "target": "\ud800"})).encode(),
+        b'{"version":1,"agent":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        json.dumps(payload(2**63, 1, spool="m2")).encode(),
+        json.dumps(payload(1, 1, spool="m3", fields={"up": 1e300})).encode(),
+        json.dumps({**payload(1, 1, spool="m4"), "version": True}).encode(),
+    ]
+
+    def attack(seconds: float) -> set[int]:
+        statuses, until = set(), time.monotonic() + seconds
+        while time.monotonic() < until:
+            for raw in hostile_bodies:
+                for path in ("/api/v1/ingest", "/api/v1/heartbeat"):
+                    status, answer, _ = http_post(url + path, gzip.compress(raw), {
+                        "Authorization": f"Bearer {hostile}", "Content-Encoding": "gzip"})
+                    assert answer.get("error"), (path, raw[:60], status, answer)
+                    statuses.add(status)
+        return statuses
+
+    assert attack(4) == {400}  # four of the agent's 1 s rounds under attack
+    status, answer, _ = http_post(url + "/api/v1/enroll", gzip.compress(hostile_bodies[2]), {"Content-Encoding": "gzip"})
+    assert status == 400 and "nests deeper" in answer["error"]  # unauthenticated: no 500 either
+    stalled = []
+    try:
+        for _ in range(20):  # headers and one byte of body, never more
+            sock = socket.create_connection(("127.0.0.1", pipeline.collector.port), timeout=5)
+            sock.sendall(f"POST /api/v1/ingest HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {hostile}\r\n"
+                         "Content-Encoding: gzip\r\nContent-Length: 50000\r\n\r\n\x1f".encode())
+            stalled.append(sock)
+        assert attack(3) == {429}  # its own places are taken by its own stalled uploads...
+        pipeline.wait_delivered()  # ...and the real agent's are not
+        row = pipeline.registry_row()
+        assert row["state"] == "running" and row["last_seen_ms"] > time.time() * 1000 - 5000
+        assert pipeline.collector_metric("cmon_collector_registry_rows_refused_total") == 0
+    finally:
+        for sock in stalled:
+            sock.close()
+    summary = pipeline.finish()
+    assert summary["local-tcp/-"] >= 7, summary
+    pipeline.collector.process.terminate()
+    assert pipeline.collector.process.wait(15) == 0
+    log = pipeline.collector.log.read_text()
+    assert "Traceback" not in log and "cannot write the fleet registry" not in log, log[-3000:]
