@@ -19,6 +19,7 @@ import ssl
 import time
 from typing import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from . import routes
@@ -110,6 +111,9 @@ def ssl_context(config: CollectorConfig) -> ssl.SSLContext | None:
 
 async def serve(config: CollectorConfig, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then stop cleanly (the registry is flushed)."""
+    if tuple(int(part) for part in aiohttp.__version__.split(".")[:2] if part.isdigit()) < (3, 14):
+        log.warning("aiohttp %s does not close connections that never complete a request: use aiohttp >= 3.14",
+                    aiohttp.__version__)
     runner = web.AppRunner(create_app(config), access_log=None, **runner_kwargs(config))
     await runner.setup()
     site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=ssl_context(config),
