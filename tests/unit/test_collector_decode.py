@@ -68,6 +68,14 @@ def test_fast_path_gives_the_slow_paths_lines(separators):
     lambda d: d["measurements"][3].update(time=1.5), lambda d: d["measurements"][3].update(time=0),
     lambda d: d["measurements"][3].update(time=int(time.time() * 1000) + 3_600_000),
     lambda d: d.update(evicted=[[5, 2]]), lambda d: d.update(evicted=[[1, True]]), lambda d: d.update(agent=[]),
+    lambda d: d.update(evicted=[[1, 2**63]]), lambda d: d.update(lost=[[1, 2, "a\nb"]]),
+    lambda d: d.update(lost=[[3, 2, "x"]]), lambda d: d.update(lost=[[1, 2]]),
+    lambda d: d.update(first=2**63 - 1), lambda d: d.update(version=True),
+    lambda d: d["agent"].update(health="sick"), lambda d: d["agent"].update(version="\ud800"),
+    lambda d: d["agent"].update(tasks={"x": {"state": "ok", "restarts": -1}}),
+    lambda d: d["measurements"][3]["fields"].update(up=2**53 + 2),
+    lambda d: d["measurements"][3]["tags"].update(target="\x85"),
+    lambda d: d["measurements"][3].update(name=["probe"]),
 ])
 def test_fast_path_refuses_what_the_slow_path_refuses_with_its_reason(mutate):
     data = standard_payload()

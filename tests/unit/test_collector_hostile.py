@@ -428,3 +428,17 @@ async def test_a_hostile_agent_does_not_stop_a_good_one(vm, client):
     assert status == 200 and answer["written"] == 20
     assert {(labels, t) for labels, t, _ in vm.samples('{agent="good-02"}')} == expected_pairs(data, agent="good-02")
     assert "good-02" in persisted(client) and client.server.app[REGISTRY].refused == 0
+
+
+async def test_a_spool_cannot_pile_up_reported_ranges_past_the_cap(tmp_path):
+    """10,000 separate evicted (or lost) ranges per spool at most: one agent cannot make every commit slow."""
+    from collector.acks import MAX_REPORTED
+
+    acks = Acks(connect(tmp_path / "collector.sqlite"))
+    scattered = [(2 * i + 1, 2 * i + 1) for i in range(MAX_REPORTED)]  # never adjacent: never merged
+    assert acks.room("a/b", "s", scattered, []) is None
+    await acks.record("a/b", "s", 1, 0, evicted=scattered)
+    assert "more than 10000 separate evicted ranges" in acks.room("a/b", "s", [(MAX_REPORTED * 3, MAX_REPORTED * 3)], [])
+    assert acks.room("a/b", "s", [(2, 2)], []) is None  # joins two ranges: fewer, not more
+    assert "lost" in acks.room("a/b", "s", [], [(2 * i + 1, 2 * i + 1, "r") for i in range(MAX_REPORTED + 1)])
+    acks.conn.close()
