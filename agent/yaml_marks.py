@@ -256,6 +256,7 @@ class _BudgetLoader(yaml.SafeLoader):
         return tuple(part for part in self.path if part is not _KEY)
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """Compose the next node as PyYAML does, after checking it against the budget."""
         self.path.append(_path_part(parent, index))
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):

@@ -288,3 +288,15 @@ def test_limits_are_parameters_of_the_loader() -> None:
         load_yaml("a: [[[1]]]\n", "f.yaml", Limits(max_depth=3))
     assert str(refused.value) == "f.yaml:1: a[0][0]: nested deeper than 3 levels: a config needs a handful"
     assert load_yaml("a: [[1]]\n", "f.yaml", Limits(max_depth=3)).data == {"a": [[1]]}
+
+
+def test_a_probe_that_is_not_a_name_is_an_error_not_a_type_error(tmp_path: Path) -> None:
+    # Found by the hypothesis test: `probe: [tcp]` met a dict lookup (unhashable list) and raised TypeError.
+    path = write(tmp_path, "agent: {province: ha-tinh, commune: dong-loc, id: q}\nservices:\n  a:\n"
+                           "    - {name: x, probe: [tcp], host: h}\n    - {name: y, probe: {tcp: 1}, host: h}\n")
+    assert errors_of(path) == [
+        f"{path}:4: services.a[0]: probe should be the name of a probe (one of: icmp, tcp, http, dns, smtp, imap, "
+        "tls), not a list",
+        f"{path}:5: services.a[1]: probe should be the name of a probe (one of: icmp, tcp, http, dns, smtp, imap, "
+        "tls), not a mapping",
+    ]
