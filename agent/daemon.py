@@ -133,6 +133,7 @@ class Agent:
         """Return the `agent` Measurement (docs/agent.md)."""
         s, spool, sched = (self.shipper.stats if self.shipper else None), self.spool, self.scheduler
         assert sched is not None
+        await asyncio.to_thread(self.watch_disk)  # the disk as of now, not as of the last watch
         return [agent_measurement(
             self.tags, self.version, self.config_hash,
             spool_rows=spool.depth(), dropped_total=spool.dropped_total,
