@@ -1,12 +1,14 @@
 """The agent's own health as a Measurement named `agent` (no string fields: VictoriaMetrics stores them as 0).
 
 Tags besides identity: `version` (the package version; changes rarely, like Prometheus' `*_build_info`).
-Fields: `spool_rows`, `spool_bytes`, `dropped_total`, `quarantined_total`, `shipped_total`,
-`probe_errors_total` (runs that ended with `result=error`: a probe bug), `probe_runs_total`,
-`ship_failures_total`, `clock_skew_ms` (the collector's clock minus ours), `clock_measured` (0/1: whether the
-skew has been measured since start), `auth_refused` (0/1), `config_version` (the first 32 bits of the config
-file's SHA-256 as a number: equal numbers = the same config), `uptime_s`, `rss_bytes`, `cpu_s` (user+system
-seconds since start).
+Fields (the daemon passes the counters; docs/metrics.md has the table): `spool_rows`, `dropped_total`,
+`dropped_disk_full_total`, `lost_total`, `quarantined_total`, `shipped_total`, `ship_failures_total`,
+`spool_errors_total`, `auth_refused` (0/1), `disk_free_bytes`, `spool_disk_low` (0/1), `healthy` (0/1),
+`task_restarts_total`, `task_<name>_restarts_total` and `task_<name>_ok` (0/1) per supervised task,
+`probe_errors_total` (runs that ended with `result=error`: a probe bug), `probe_runs_total`, `clock_skew_ms`
+(the collector's clock minus ours), `clock_measured` (0/1: whether the skew has been measured since start),
+`config_version` (the first 32 bits of the config file's SHA-256 as a number: equal numbers = the same
+config), `uptime_s`, `rss_bytes`, `cpu_s` (user+system seconds since start).
 """
 
 from __future__ import annotations
