@@ -22,7 +22,7 @@ from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, Field, model_valida
 from probes import registry
 from probes.base import Duration, Line, LineConfig, Slug, StrictModel, TargetConfig
 
-from .config_errors import field_keys, kind_of, suggest, unknown_key, validate_model
+from .config_errors import field_keys, find_file, kind_of, suggest, unknown_key, validate_model
 from .yaml_marks import ConfigError, ConfigIssue, LocatedYaml, Path_, read_yaml
 
 
@@ -336,12 +336,9 @@ class _Validator:
             if isinstance(value, dict):
                 bad |= self._resolve_files(value, here, origin, target)
             elif key.endswith("_file") and isinstance(value, str) and value:
-                file = Path(value).expanduser()
-                file = file if file.is_absolute() else self.base_dir / file
-                data[key] = str(file)
-                if not file.is_file():
-                    self.add(where, f"file not found: {file} (a relative path is relative to the config "
-                             "file's folder)")
+                data[key], problem = find_file(value, self.base_dir)
+                if problem:
+                    self.add(where, problem)
                     bad.add(where)
         return bad
 

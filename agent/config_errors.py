@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 from typing import Any, Iterable, Mapping, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -31,6 +32,26 @@ def unknown_key(key: str, known: Iterable[str]) -> str:
     hint = suggest(key, known)
     shown = key if len(key) <= 40 else key[:37] + "..."  # a hostile key must not flood the terminal
     return f"unknown key '{shown}'{hint or ' (valid keys: ' + ', '.join(known) + ')'}"
+
+
+def find_file(value: str, base_dir: Path | None) -> tuple[str, str | None]:
+    """Return the path a config's `*_file` value names (relative to `base_dir`) and what is wrong with it, if anything.
+
+    Never raises: a name too long for the system, `~nobody/x` or a NUL is a problem to report, not a traceback.
+    """
+    try:
+        file = Path(value).expanduser()
+        file = file if file.is_absolute() or base_dir is None else base_dir / file
+        if file.is_file():
+            return str(file), None
+        problem = "file not found: {} (a relative path is relative to the config file's folder)"
+    except RuntimeError:  # expanduser: `~name` of a user this machine does not have
+        user = value.split("/")[0][1:]
+        return value, f"cannot use {show(value)}: there is no user {user!r} here, whose home folder ~{user} would be"
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, EACCES on a parent folder, an embedded NUL
+        return value, f"cannot use {show(value)}: {getattr(exc, 'strerror', None) or exc}"
+    shown = str(file) if len(str(file)) <= 120 else str(file)[:100] + f"... ({len(str(file))} characters)"
+    return str(file), problem.format(shown)
 
 
 def show(value: Any) -> str:
@@ -183,6 +204,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "field_keys",
+    "find_file",
     "format_path",
     "kind_of",
     "known_keys",

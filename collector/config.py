@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AnyHttpUrl, BeforeValidator, Field, model_validator
 
 from agent.config import ByteSize
-from agent.config_errors import validate_model
+from agent.config_errors import find_file, validate_model
 from agent.yaml_marks import ConfigError, ConfigIssue, LocatedYaml, read_yaml
 from probes.base import DAY, Duration, Slug, StrictModel, format_duration, parse_duration
 
@@ -187,11 +187,9 @@ def _missing_files(located: LocatedYaml, base: Path | None) -> list[ConfigIssue]
         value = listen.get(key) if isinstance(listen, dict) else None
         if not isinstance(value, str) or not value:
             continue  # absent, or its type is reported by validation
-        file = Path(value).expanduser()
-        file = file if file.is_absolute() or base is None else base / file
-        if not file.is_file():
-            issues.append(located.issue(("listen", key), f"file not found: {file} (a relative path is relative to "
-                                        "the config file's folder)"))
+        problem = find_file(value, base)[1]
+        if problem:
+            issues.append(located.issue(("listen", key), problem))
     return issues
 
 

@@ -205,3 +205,16 @@ async def test_https_with_the_province_ca_and_the_ca_endpoint(tmp_path):
         server.cancel()
         with pytest.raises(asyncio.CancelledError):
             await server
+
+
+def test_listen_files_the_system_refuses_are_errors_with_their_lines(tmp_path: Path) -> None:
+    path = collector_file(tmp_path).with_name("https.yaml")
+    path.write_text("province: ha-tinh\nlisten:\n  cert_file: " + "c" * 300 + "\n  key_file: ~cmon-no-such-user/k.pem\n"
+                    "database: {url: 'http://127.0.0.1:8428'}\n", encoding="utf-8")
+    with pytest.raises(CollectorConfigError) as refused:
+        load_config(path)
+    assert [str(i) for i in refused.value.issues] == [
+        f"{path}:3: listen.cert_file: cannot use '{'c' * 56}...: File name too long",
+        f"{path}:4: listen.key_file: cannot use '~cmon-no-such-user/k.pem': there is no user 'cmon-no-such-user' "
+        "here, whose home folder ~cmon-no-such-user would be",
+    ]

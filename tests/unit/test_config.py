@@ -300,3 +300,16 @@ def test_a_probe_that_is_not_a_name_is_an_error_not_a_type_error(tmp_path: Path)
         f"{path}:5: services.a[1]: probe should be the name of a probe (one of: icmp, tcp, http, dns, smtp, imap, "
         "tls), not a mapping",
     ]
+
+
+def test_a_file_name_the_system_refuses_is_an_error_not_an_os_error(tmp_path: Path, withfile_probe) -> None:
+    # Found by benchmarks/fuzz_config.py: a 300-character name made Path.is_file() raise ENAMETOOLONG.
+    long = "a" * 300
+    path = write(tmp_path, "agent: {province: ha-tinh, commune: dong-loc, id: q}\nservices:\n  dvc:\n"
+                           f"    - {{name: a, probe: withfile, ca_file: {long}}}\n"
+                           "    - {name: b, probe: withfile, ca_file: ~cmon-no-such-user/ca.pem}\n")
+    assert errors_of(path) == [
+        f"{path}:4: services.dvc[0].ca_file: cannot use '{'a' * 56}...: File name too long",
+        f"{path}:5: services.dvc[1].ca_file: cannot use '~cmon-no-such-user/ca.pem': there is no user "
+        "'cmon-no-such-user' here, whose home folder ~cmon-no-such-user would be",
+    ]
