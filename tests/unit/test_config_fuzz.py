@@ -135,7 +135,8 @@ KEYS = sorted(
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20), st.sampled_from(KEYS),
     st.sampled_from(["5s", "24h", "25h", "3d", "9" * 400 + "s", "100MB", "9" * 50 + "MB", "30d", "200y", "0",
-                     "http://127.0.0.1:8428", "https://x.example/", "192.168.1.1", "tcp", "primary", "../x.pem"]),
+                     "http://127.0.0.1:8428", "https://x.example/", "192.168.1.1", "tcp", "primary", "../x.pem",
+                     "x" * 300, "~cmon-no-such-user/x.pem", "/etc/passwd/x"]),  # file names the system refuses
 )
 documents = st.recursive(
     scalars,
