@@ -261,7 +261,7 @@ class Spool:
 
         Raises SpoolWriteError when they cannot be committed (disk full, I/O error): they are counted as dropped.
         """
-        bodies = [(m.time, self._encode(m)) for m in measurements]
+        bodies = self._encode_all(measurements)
         with self._lock:
             first = self._next_seq
             if not bodies:
@@ -283,6 +283,21 @@ class Spool:
             self._dropped += evicted
             self._recent.append((first, time.monotonic()))
             return range(first, last + 1)
+
+    def _encode_all(self, measurements: Iterable[Measurement]) -> list[tuple[int, bytes]]:
+        """Return (time, body) of each Measurement; one that cannot be encoded (a lone surrogate in a tag: a bug
+        upstream) is dropped, counted in dropped_total and logged, and the others are kept."""
+        bodies = []
+        for m in measurements:
+            try:
+                bodies.append((m.time, self._encode(m)))
+            except (UnicodeError, ValueError, TypeError) as exc:
+                log.error("spool %s: cannot encode a %r measurement %s (%s): dropped (counted in dropped_total)",
+                          self.path, m.name, dict(m.tags), exc)
+                with self._lock:
+                    self._dropped += 1
+                    self._drops_unsaved = True
+        return bodies
 
     def _write_failed(self, exc: BaseException, count: int) -> SpoolWriteError:
         """Count an append that was not committed; log once per episode; resync with the file."""

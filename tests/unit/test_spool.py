@@ -607,3 +607,14 @@ class SpoolMachine(RuleBasedStateMachine):
 
 SpoolMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
 test_every_seq_is_in_the_spool_acked_quarantined_evicted_or_lost = SpoolMachine.TestCase
+
+
+def test_a_measurement_that_cannot_be_encoded_is_dropped_and_counted_the_others_committed(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, live_age_s=0)
+    bad = Measurement("probe", {**TAGS, "target": "x\ud800"}, {"up": 1.0}, 1_795_000_000_000)  # a lone surrogate
+    assert spool.append([rows(1)[0], bad, rows(1, 1)[0]]) == range(1, 3)
+    assert spool.dropped_total == 1 and spool.depth() == 2
+    spool.append(rows(1, 2))  # the next commit saves the count
+    spool.close()
+    assert Spool(path).dropped_total == 1
