@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import json
 import signal
+import sqlite3
 import sys
 import textwrap
 import time
@@ -142,7 +143,6 @@ async def test_a_damaged_spool_row_is_reported_lost_and_everything_else_is_shipp
         now = int(time.time() * 1000)
         spool.append([Measurement("probe", {"service": "dns", "target": "t", "probe": "tcp", "line": "auto"},
                                   {"up": 1.0}, now - 60_000 + i) for i in range(5)])
-    import sqlite3
     with sqlite3.connect(tmp_path / "spool.db") as db:
         db.execute("UPDATE rows SET body = x'deadbeef' WHERE seq = 3")
     async with StandIn() as collector:
