@@ -17,11 +17,19 @@ Before all that, `claim(key)` bounds what ONE credential may have in the collect
 requests, counted from authentication to the answer, heartbeats included): without it a single credential
 could take every place with uploads that send their headers and then one byte a minute. Past it the request is
 answered 429 + Retry-After (this client sent too much), still before its body is read.
+
+Enrollment has no credential to count by, so `Enrollments` bounds it by itself: at most `ENROLL_INFLIGHT`
+enrollments in progress at once (anyone can open them, so slow bodies must not pile up), and per source address
+a token bucket of failed enrollments (a wrong, used or expired token): `ENROLL_FAILURES` at once, then one per
+`ENROLL_REFILL_S`. Past either the answer is 429 + Retry-After before the body is read. Guessing a token
+(64-bit id, 256-bit secret) is hopeless anyway; the bucket keeps a guesser from costing the collector a state
+file lookup and a log line per request, for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
 from collections import OrderedDict, deque
@@ -32,6 +40,11 @@ AGENT_RETRY_AFTER_S = 5  # Retry-After for a credential over its own limit (its 
 MAX_RETRY_AFTER_S = 600  # the longest Retry-After given (the shipper honours up to an hour)
 ALPHA = 0.05  # weight of one request in the service-time average
 INITIAL_SERVICE_S = 0.1
+ENROLL_INFLIGHT = 8  # enrollments in progress at once (a province enrolls its PCs one by one, by hand)
+ENROLL_RETRY_AFTER_S = 5  # Retry-After when they are all taken
+ENROLL_FAILURES = 10  # failed enrollments one address may make in a row (typos, an expired token) ...
+ENROLL_REFILL_S = 60.0  # ... then one more per minute
+ENROLL_ADDRESSES = 10_000  # addresses whose failures are remembered; the one idle longest is forgotten first
 
 
 class Admission:
@@ -125,4 +138,69 @@ class Admission:
             del self.tickets[key]
 
 
-__all__ = ["AGENT_RETRY_AFTER_S", "Admission", "GRACE_S", "MAX_RETRY_AFTER_S"]
+class Enrollments:
+    """The unauthenticated enrollment endpoint's limits: places in progress and failures per source address."""
+
+    def __init__(self, cap: int = ENROLL_INFLIGHT, failures: int = ENROLL_FAILURES,
+                 refill_s: float = ENROLL_REFILL_S, clock: Callable[[], float] = time.monotonic,
+                 max_addresses: int = ENROLL_ADDRESSES) -> None:
+        self.cap = cap
+        self.failures = failures
+        self.refill_s = refill_s
+        self.clock = clock
+        self.max_addresses = max_addresses
+        self.inflight = 0
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address → (failures left, at)
+
+    def enter(self) -> bool:
+        """Take a place for one enrollment; False when all `cap` are taken."""
+        if self.inflight >= self.cap:
+            return False
+        self.inflight += 1
+        return True
+
+    def leave(self) -> None:
+        """Give back the place taken by `enter()`."""
+        self.inflight -= 1
+
+    def blocked(self, address: str | None) -> int | None:
+        """Return the Retry-After (s) for an address with no failures left, None when it may try."""
+        left = self._left(source(address), self.clock())
+        return None if left >= 1 else max(1, math.ceil((1 - left) * self.refill_s))
+
+    def failed(self, address: str | None) -> bool:
+        """Count a failed enrollment from `address`; return True when this one used its last try."""
+        key, now = source(address), self.clock()
+        left = self._left(key, now) - 1
+        self._buckets[key] = (left, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_addresses:
+            self._buckets.popitem(last=False)
+        return left < 1
+
+    def _left(self, key: str, now: float) -> float:
+        """Return the failures `key` may still make (refilled since its last one)."""
+        entry = self._buckets.get(key)
+        if entry is None:
+            return float(self.failures)
+        left = min(float(self.failures), entry[0] + (now - entry[1]) / self.refill_s)
+        if left >= self.failures:
+            del self._buckets[key]  # back to a full bucket: nothing left to remember
+        return left
+
+
+def source(address: str | None) -> str:
+    """Return what failures are counted by: the IPv4 address, or the IPv6 /64 (one host's usual share)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or ""
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+__all__ = ["AGENT_RETRY_AFTER_S", "Admission", "ENROLL_RETRY_AFTER_S", "Enrollments", "GRACE_S", "MAX_RETRY_AFTER_S",
+           "source"]

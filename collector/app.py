@@ -24,8 +24,8 @@ from aiohttp import web
 
 from . import routes
 from .acks import Acks
-from .admission import Admission
-from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
+from .admission import Admission, Enrollments
+from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, METRICS, REGISTRY, SERIES, WRITER
 from .auth import Auth
 from .config import CollectorConfig
 from .db import connect
@@ -53,6 +53,7 @@ def create_app(config: CollectorConfig) -> web.Application:
     app[SERIES] = SeriesCap(config.limits.max_series_per_agent)
     app[ADMISSION] = Admission(config.limits.max_inflight, config.limits.admission_wait,
                                per_agent=config.limits.max_uploads_per_agent)
+    app[ENROLLMENTS] = Enrollments()
     app.on_response_prepare.append(_stamp)
     app.cleanup_ctx.append(_state)
     routes.setup(app)

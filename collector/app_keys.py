@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .acks import Acks
-from .admission import Admission
+from .admission import Admission, Enrollments
 from .auth import Auth
 from .config import CollectorConfig
 from .metrics import Metrics
@@ -21,3 +21,4 @@ WRITER = web.AppKey("writer", Writer)
 METRICS = web.AppKey("metrics", Metrics)
 SERIES = web.AppKey("series", SeriesCap)
 ADMISSION = web.AppKey("admission", Admission)
+ENROLLMENTS = web.AppKey("enrollments", Enrollments)

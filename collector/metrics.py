@@ -22,6 +22,7 @@ class Metrics:
     shed: int = 0  # ingest requests answered 503 + Retry-After by the admission cap (body not read)
     agent_limited: int = 0  # requests answered 429: their credential had limits.max_uploads_per_agent in progress
     body_timeouts: int = 0  # bodies not received within limits.body_timeout (408)
+    enroll_limited: Counter = field(default_factory=Counter)  # enrollments answered 429, by reason (busy, failures)
     evicted_seqs: int = 0  # seqs agents reported evicted (newly recorded)
     lost_seqs: int = 0  # seqs agents reported lost (newly recorded)
     write_buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
@@ -97,6 +98,13 @@ class Metrics:
             "# HELP cmon_collector_body_timeouts_total Request bodies not received within limits.body_timeout (408).",
             "# TYPE cmon_collector_body_timeouts_total counter",
             f"cmon_collector_body_timeouts_total {self.body_timeouts}",
+            "# HELP cmon_collector_enroll_limited_total Enrollments answered 429: all places taken (busy) or too "
+            "many failed enrollments from the address (failures).",
+            "# TYPE cmon_collector_enroll_limited_total counter",
+        ]
+        out += [f'cmon_collector_enroll_limited_total{{reason="{r}"}} {self.enroll_limited[r]}'
+                for r in ("busy", "failures")]
+        out += [
             "# HELP cmon_collector_evicted_seqs_total Seqs agents reported evicted from a full spool (recorded once).",
             "# TYPE cmon_collector_evicted_seqs_total counter",
             f"cmon_collector_evicted_seqs_total {self.evicted_seqs}",

@@ -15,8 +15,12 @@ few MB, → 413), parse and validate (400 with the reason) into line protocol wi
 credential (one pass: collector.decode), skip the ranges already acknowledged, write the rest, record the range
 (and the agent's evicted and lost ranges) durably, answer 200. A database that is down or slow → 503 +
 Retry-After and nothing is acknowledged: the agent keeps the batch in its spool and resends it (the collector
-keeps no queue of its own). Heartbeats pass the same credential limit and body deadline; enrollment the body
-deadline.
+keeps no queue of its own). Heartbeats pass the same credential limit and body deadline.
+
+What one credential can make the collector keep is bounded too (collector.acks): a batch of a new spool past
+the agent's live spools, or one that would start a spool's 10,001st separate acknowledged range, is a 400.
+Enrollment, unauthenticated, has its own limits (collector.admission.Enrollments): places in progress and
+failed enrollments per source address, both 429 + Retry-After before the body is read; then the body deadline.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from typing import Awaitable, Callable
 from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .admission import AGENT_RETRY_AFTER_S
-from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, METRICS, REGISTRY, SERIES, WRITER
+from .admission import AGENT_RETRY_AFTER_S, ENROLL_RETRY_AFTER_S
+from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, METRICS, REGISTRY, SERIES, WRITER
 from .auth import AuthError, Identity
 from .decode import decode_ingest, identity_suffix
 from .validate import PayloadError, Rules, check_enroll, check_heartbeat, parse_json
@@ -167,9 +171,15 @@ async def _ingest(request: web.Request, who: Identity, deadline: float) -> web.R
         log.info("refused a batch from %s: %s", who.key, exc)
         return error(400, str(exc))
     acks = app[ACKS]
+    too_many = acks.claim(who.key, batch.spool)  # before anything (a lock, a cache entry) is kept for the spool
+    if too_many:
+        metrics.batches_refused["spools"] += 1
+        log.info("refused a batch from %s: %s", who.key, too_many)
+        return error(400, too_many)
     async with acks.lock(who.key, batch.spool):
-        full = acks.room(who.key, batch.spool, batch.evicted, batch.lost)
+        full = acks.room(who.key, batch.spool, batch.evicted, batch.lost, (batch.first, batch.last))
         if full:
+            log.info("refused a batch from %s: %s", who.key, full)
             metrics.batches_refused["ranges"] += 1
             return error(400, full)
         todo = acks.missing(who.key, batch.spool, batch.first, batch.last)
@@ -232,7 +242,26 @@ async def _heartbeat(request: web.Request, who: Identity) -> web.Response:
 
 
 async def enroll(request: web.Request) -> web.Response:
-    """POST /api/v1/enroll: trade a one-time token for the agent's own credential."""
+    """POST /api/v1/enroll: trade a one-time token for the agent's own credential.
+
+    No credential to count by: the endpoint's own limits apply before any byte of the body is read."""
+    gate, metrics = request.app[ENROLLMENTS], request.app[METRICS]
+    wait = gate.blocked(request.remote)
+    if wait is not None:  # this address failed too often: the token is not even looked at
+        metrics.enroll_limited["failures"] += 1
+        return error(429, f"too many failed enrollments from this address: resend in {wait} s",
+                     **{"Retry-After": str(wait)})
+    if not gate.enter():  # slow bodies of anyone on the network must not pile up
+        metrics.enroll_limited["busy"] += 1
+        return error(429, f"{gate.cap} enrollments are in progress: resend in {ENROLL_RETRY_AFTER_S} s",
+                     **{"Retry-After": str(ENROLL_RETRY_AFTER_S)})
+    try:
+        return await _enroll(request)
+    finally:
+        gate.leave()
+
+
+async def _enroll(request: web.Request) -> web.Response:
     try:
         token, agent_id, hostname = check_enroll(parse_json(await read_body(request, SMALL_BODY, SMALL_BODY,
                                                                             _deadline(request))))
@@ -246,6 +275,9 @@ async def enroll(request: web.Request) -> web.Response:
         credential, who = request.app[AUTH].enroll(token, agent_id)
     except AuthError as exc:
         log.info("enrollment of %r from %s refused: %s", agent_id, request.remote, exc)
+        if exc.status == 401 and request.app[ENROLLMENTS].failed(request.remote):
+            log.warning("%s: too many failed enrollments, its next ones are refused (429) for a while",
+                        request.remote)
         return error(exc.status, str(exc))
     request.app[REGISTRY].enrolled(who, hostname, request.remote)
     log.info("enrolled %s from %s", who.key, request.remote)
