@@ -12,17 +12,17 @@ import argparse
 import asyncio
 import logging
 import sys
-from importlib import metadata
 from typing import Sequence
 
 from pathlib import Path
 
 from collector import config as collector_config
+from core.version import package_version
 
 from . import config as agent_config
 from .config import AgentConfig, ConfigError, load_config
-from .config_errors import suggest
-from .yaml_marks import ConfigIssue, LocatedYaml, read_yaml
+from core.config.issues import ConfigIssue, suggest
+from core.config.loader import LocatedYaml, read_yaml
 from .daemon import add_commands as add_agent_commands
 from .render import json_lines, table
 from .runner import plan, run_once
@@ -38,10 +38,7 @@ class UsageError(Exception):
 
 def version() -> str:
     """Return the installed package version."""
-    try:
-        return metadata.version("commune-monitor")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return package_version()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,20 +10,19 @@ file's folder and must exist. See docs/configuration.md.
 from __future__ import annotations
 
 import ipaddress
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, Mapping
+from typing import Any, Mapping
 
-from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, Field, model_validator
+from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
 
+from core.config.issues import ConfigError, ConfigIssue, Path_, kind_of, suggest, unknown_key
+from core.config.loader import LocatedYaml, read_yaml
+from core.config.types import ByteSize, Duration, Slug, StrictModel
+from core.config.validation import field_keys, find_file, validate_model
 from probes import registry
-from probes.base import Duration, Line, LineConfig, Slug, StrictModel, TargetConfig
-
-from .config_errors import field_keys, find_file, kind_of, suggest, unknown_key, validate_model
-from .yaml_marks import ConfigError, ConfigIssue, LocatedYaml, Path_, read_yaml
+from probes.base import Line, LineConfig, TargetConfig
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -40,32 +39,6 @@ class AgentSection(StrictModel):
     display_name: str | None = None
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {None: 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
-
-
-MAX_SIZE = 10**12  # 1 TB: beyond any disk or body this product sizes; keeps 400-digit sizes from being "no limit"
-
-
-def parse_size(value: Any) -> int:
-    """Return bytes from `1048576`, `"100MB"`, `"64 KiB"` (k/M/G are powers of 1000, Ki/Mi/Gi of 1024); at most 1 TB."""
-    if isinstance(value, bool):
-        raise ValueError("a size is a number of bytes or a string like '100MB', '64kB'")
-    match = _SIZE.match(str(value)[:100]) if not isinstance(value, (int, float)) else None
-    size = None
-    if isinstance(value, (int, float)):
-        size = float(value) if isinstance(value, float) or abs(value) <= MAX_SIZE else math.inf
-    elif match:
-        size = float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]  # 400 digits: inf, refused below
-    if size is None or not size > 0:  # also nan
-        raise ValueError(f"{str(value)[:40]!r} is not a size: write e.g. 100MB, 64kB or a number of bytes")
-    if size > MAX_SIZE:
-        shown = "a number that large" if isinstance(value, int) else repr(str(value)[:40])
-        raise ValueError(f"{shown} is too large: a size is at most 1TB")
-    return int(size)
-
-
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
 # Services every agent of a commune reaches at the same central server: probed in turns (agent/scheduler.py).
 SHARED_SERVICES = frozenset({"ioffice", "dvc", "email"})
 

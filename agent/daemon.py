@@ -30,7 +30,8 @@ import sys
 import time
 from typing import Any
 
-from probes.measurement import Measurement
+from core.measurement import Measurement
+from core.version import package_version
 
 from .config import AgentConfig, ConfigError, load_config
 from .credentials import CredentialError, load as load_credential, ssl_context
@@ -49,13 +50,6 @@ STOP_DRAIN_S = 3.0
 STOP_HEARTBEAT_S = 3.0
 STOP_SCHEDULER_S = 10.0  # the scheduler gives running probes 2 s; this is the backstop
 SPOOL_CHECK_S = 3600.0  # the spool's integrity check (also at start)
-
-
-def package_version() -> str:
-    """Return the installed commune-monitor version."""
-    from .cli import version
-
-    return version()
 
 
 class SpoolAdapter:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import aiohttp
 
-from .credentials import Credential, fingerprint, normalize_fingerprint, save, ssl_context
+from core.tls import fingerprint, normalize_fingerprint
+from core.wire import WIRE_VERSION
 
-WIRE_VERSION = 1
+from .credentials import Credential, save, ssl_context
 
 
 class EnrollError(Exception):

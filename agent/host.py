@@ -21,7 +21,7 @@ import time
 
 import psutil
 
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 NAME = "host"
 # Pseudo and read-only filesystems whose usage says nothing about the PC's health.

@@ -10,7 +10,7 @@ import json
 import unicodedata
 from typing import Iterable, Sequence
 
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 # (field, label, unit) in the order people read a connection: resolve, connect, TLS, first byte.
 KEY_FIELDS: tuple[tuple[str, str, str], ...] = (

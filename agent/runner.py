@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from probes.base import Line, ProbeContext
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from .config import AgentConfig, BoundTarget
 

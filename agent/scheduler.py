@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
 from probes.base import Line
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from .config import AgentConfig, BoundTarget
 from .runner import plan, run_probe

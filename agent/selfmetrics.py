@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 NAME = "agent"
 _STARTED = time.time()

@@ -38,11 +38,11 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from probes.measurement import Measurement
+from core.measurement import Measurement
+from core.wire import WIRE_VERSION
 
 log = logging.getLogger(__name__)
 
-WIRE_VERSION = 1
 # A batch whose newest measurement is older than this is backlog (spare bandwidth only).
 LIVE_AGE_S = 120.0
 # Retry-After is honoured up to this long (a broken header must not park the agent for days).
@@ -410,5 +410,5 @@ def batches_from(items: Iterable[tuple[int, Measurement]]) -> Batch:
     return Batch(items[0][0], items[-1][0], items)
 
 
-__all__ = ["Batch", "ClockOffset", "LIVE_AGE_S", "ShipError", "Shipper", "ShipperStats", "WIRE_VERSION",
-           "batches_from", "parse_retry_after"]
+__all__ = ["Batch", "ClockOffset", "LIVE_AGE_S", "ShipError", "Shipper", "ShipperStats", "batches_from",
+           "parse_retry_after"]

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from probes.measurement import Measurement
+from core.measurement import Measurement
+from core.ranges import difference, runs, tagged_runs
+from core.wire import MAX_REASON
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,6 @@ QUARANTINE_MAX_ROWS = 10_000  # the quarantine keeps the newest refused rows for
 DAMAGED_MAX_ROWS = 10_000  # likewise the rows that could not be decoded
 CHECK_CHUNK = 2_000  # rows decoded per lock hold by check(): appends wait at most this long
 PAGE_SIZE = 4096
-REASON_MAX = 200  # characters of a lost range's reason (the wire's limit)
 _META_DEFAULTS = (("lost_total", 0), ("dropped_disk_full_total", 0))  # keys added after schema 1 files existed
 
 ZDICT = (
@@ -386,7 +387,7 @@ class Spool:
             if not seqs:
                 log.warning("spool over its size cap but nothing can be evicted (in flight or just appended)")
                 break
-            for first, last in _runs(seqs):
+            for first, last in runs(seqs):
                 self._db.execute("DELETE FROM rows WHERE seq BETWEEN ? AND ?", (first, last))
                 self._record_eviction(first, last)
             total += len(seqs)
@@ -423,7 +424,7 @@ class Spool:
         with self._lock, self._transaction():
             pending = list(self._db.execute("SELECT first, last FROM evicted ORDER BY first"))
             self._db.execute("DELETE FROM evicted")
-            self._db.executemany("INSERT INTO evicted VALUES (?, ?)", _subtract(pending, done))
+            self._db.executemany("INSERT INTO evicted VALUES (?, ?)", difference(pending, done))
 
     # -- lost (damaged) rows -------------------------------------------------------------------------------
 
@@ -436,7 +437,7 @@ class Spool:
                     "INSERT OR REPLACE INTO damaged (seq, time_ms, body, reason, at_ms) VALUES (?, ?, ?, ?, ?)",
                     [(seq, t, body, str(why)[:1000], now) for seq, t, body, why in damaged])
                 self._db.executemany("DELETE FROM rows WHERE seq = ?", [(d[0],) for d in damaged])
-                for first, last, reason in _reason_runs([(d[0], d[3].reason) for d in damaged]):
+                for first, last, reason in tagged_runs([(d[0], d[3].reason) for d in damaged]):
                     self._record_lost(first, last, reason)
                 self._db.execute("DELETE FROM damaged WHERE seq NOT IN "
                                  "(SELECT seq FROM damaged ORDER BY seq DESC LIMIT ?)", (DAMAGED_MAX_ROWS,))
@@ -446,7 +447,7 @@ class Spool:
             return False
         self._lost += len(damaged)
         self._depth -= len(damaged)
-        for first, last in _runs([d[0] for d in damaged]):
+        for first, last in runs([d[0] for d in damaged]):
             log.error("spool %s: measurements %d..%d cannot be read (%s): kept in its `damaged` table and "
                       "reported to the collector as lost", self.path, first, last, damaged[0][3])
         return True
@@ -477,7 +478,7 @@ class Spool:
             self._db.execute("DELETE FROM lost")
             self._db.executemany("INSERT INTO lost VALUES (?, ?, ?)",
                                  [(a, b, reason) for first, last, reason in pending
-                                  for a, b in _subtract([(first, last)], done)])
+                                  for a, b in difference([(first, last)], done)])
 
     def damaged(self) -> list[tuple[int, str]]:
         """Return the rows set aside as undecodable as (seq, what failed), oldest first (for people)."""
@@ -662,7 +663,7 @@ class Spool:
         except BaseException:
             db.close()
             raise
-        lost = _runs(salvage.unreadable)
+        lost = runs(salvage.unreadable)
         log.error("spool %s is damaged (%s): rebuilt from the %d rows SQLite could read (the old file is %s); "
                   "%d unreadable seqs in %s are reported to the collector as lost", self.path, why,
                   len(salvage.rows), aside, len(salvage.unreadable), lost[:5])
@@ -868,45 +869,12 @@ def _restore(db: sqlite3.Connection, salvage: _Salvage) -> None:
                 db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
         reason = "spool page unreadable (SQLite corruption): spool rebuilt"
         db.executemany("INSERT OR REPLACE INTO lost VALUES (?, ?, ?)",
-                       [(a, b, reason) for a, b in _runs(unreadable)])
+                       [(a, b, reason) for a, b in runs(unreadable)])
 
 
 def _clean_reason(reason: str) -> str:
     flat = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
-    return flat[:REASON_MAX] or "damaged"
-
-
-def _reason_runs(seqs: Sequence[tuple[int, str]]) -> list[tuple[int, int, str]]:
-    """Return contiguous runs of sorted (seq, reason) with one reason each, as (first, last, reason)."""
-    out: list[tuple[int, int, str]] = []
-    for seq, reason in seqs:
-        if out and seq == out[-1][1] + 1 and reason == out[-1][2]:
-            out[-1] = (out[-1][0], seq, reason)
-        else:
-            out.append((seq, seq, reason))
-    return out
-
-
-def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
-    """Return the contiguous runs of sorted `seqs` as (first, last)."""
-    out: list[tuple[int, int]] = []
-    for s in seqs:
-        if out and s == out[-1][1] + 1:
-            out[-1] = (out[-1][0], s)
-        else:
-            out.append((s, s))
-    return out
-
-
-def _subtract(ranges: Sequence[tuple[int, int]], remove: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Return `ranges` minus `remove` (both lists of inclusive (first, last))."""
-    out: list[tuple[int, int]] = []
-    for a, b in ranges:
-        pieces = [(a, b)]
-        for c, d in remove:
-            pieces = [p for x, y in pieces for p in ((x, min(y, c - 1)), (max(x, d + 1), y)) if p[0] <= p[1]]
-        out.extend(pieces)
-    return out
+    return flat[:MAX_REASON] or "damaged"
 
 
 __all__ = ["DEFAULT_MAX_BYTES", "DamagedRow", "LIVE_AGE_S", "Spool", "SpoolBatch", "SpoolError", "SpoolWriteError",

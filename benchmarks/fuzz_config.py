@@ -3,7 +3,7 @@
     .venv/bin/pip install atheris          # into the venv only: not a dependency of the product
     .venv/bin/python -m benchmarks.fuzz_config -max_total_time=300
 
-Each input goes through `agent.yaml_marks.load_yaml` and, when it loads, through the agent's and the collector's
+Each input goes through `core.config.loader.load_yaml` and, when it loads, through the agent's and the collector's
 validation (`from_yaml`). A finding is anything but a ConfigError whose issues all name the file and a line:
 another exception, an issue without a line, more than `-rss_limit_mb` of memory (alias bombs) or more than
 `-timeout` seconds for one input. atheris then stops and writes the input to `crash-<sha1>` / `oom-<sha1>` /
@@ -27,7 +27,8 @@ with atheris.instrument_imports():  # coverage of PyYAML's pure-Python scanner/p
     import yaml  # noqa: F401  (instrumented before our modules import it)
 
     from agent import config as agent_config
-    from agent.yaml_marks import ConfigError, ConfigIssue, load_yaml
+    from core.config.issues import ConfigError, ConfigIssue
+    from core.config.loader import load_yaml
     from collector import config as collector_config
 
 ROOT = Path(__file__).resolve().parents[1]

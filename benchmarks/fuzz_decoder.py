@@ -34,7 +34,8 @@ with atheris.instrument_imports():  # coverage of our decoder and validators (ms
     from collector.auth import Identity
     from collector.decode import _slow, decode_ingest, identity_suffix
     from collector.registry import Registry
-    from collector.validate import MAX_VALUE, PayloadError, Rules, check_enroll, check_heartbeat, parse_json
+    from collector.validate import PayloadError, Rules, check_enroll, check_heartbeat, parse_json
+    from core.wire import MAX_VALUE
 
 from lab.fleet import standard_round
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from agent.spool import Spool
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "spool_size.md"

@@ -28,11 +28,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from typing import Callable
 
-Range = tuple[int, int]
+from core.ranges import Range, insert, merge, size, subtract, touching
+
 MAX_REPORTED = 10_000  # separate evicted (or lost) ranges per spool; a real agent's merge into a handful
 # Separate acknowledged ranges per spool. A real agent's acks have a gap only while backlog (oldest first) and
 # live data (newest first) are both being shipped — a few at once — and, for good, where the collector refused
@@ -43,7 +43,6 @@ MAX_ACKED = 10_000
 # is unusable and started over, or replaced by hand. A spool with nothing recorded for a day no longer counts.
 MAX_SPOOLS = 16
 SPOOL_IDLE_S = 86_400.0
-_AFTER = 1 << 64  # greater than any seq: (x, _AFTER) sorts after every range starting at x
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS acked (agent TEXT NOT NULL, spool TEXT NOT NULL, first INTEGER NOT NULL,
@@ -55,62 +54,6 @@ CREATE TABLE IF NOT EXISTS lost (agent TEXT NOT NULL, spool TEXT NOT NULL, first
 CREATE TABLE IF NOT EXISTS spools (agent TEXT NOT NULL, spool TEXT NOT NULL, last_ms INTEGER NOT NULL,
     PRIMARY KEY (agent, spool));
 """
-
-
-def merge(ranges: list[Range]) -> list[Range]:
-    """Return sorted, merged ranges (adjacent ones joined: [1,5] + [6,9] = [1,9])."""
-    out: list[Range] = []
-    for first, last in sorted(ranges):
-        if out and first <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], last))
-        else:
-            out.append((first, last))
-    return out
-
-
-def size(ranges: list[Range]) -> int:
-    """Return how many seqs merged ranges cover."""
-    return sum(last - first + 1 for first, last in ranges)
-
-
-def _touching(ranges: list[Range], first: int, last: int) -> tuple[int, int]:
-    """Return (i, j): ranges[i:j] are the merged ranges that overlap [first, last] or are adjacent to it."""
-    i = bisect_left(ranges, (first,))  # the first range starting at or after `first`
-    if i and ranges[i - 1][1] >= first - 1:
-        i -= 1
-    return i, bisect_right(ranges, (last + 1, _AFTER))
-
-
-def insert(ranges: list[Range], first: int, last: int) -> tuple[Range, int] | None:
-    """Add [first, last] to the merged list `ranges` in place (O(log n) to find, one slice to replace).
-
-    Return (the merged range it became part of, how many seqs are new), or None when it was covered already."""
-    i, j = _touching(ranges, first, last)
-    if j - i == 1 and ranges[i][0] <= first and last <= ranges[i][1]:
-        return None
-    touched = ranges[i:j]
-    merged = (min(first, touched[0][0]), max(last, touched[-1][1])) if touched else (first, last)
-    ranges[i:j] = [merged]
-    return merged, size([merged]) - size(touched)
-
-
-def subtract(first: int, last: int, done: list[Range]) -> list[Range]:
-    """Return the parts of [first, last] not covered by the merged ranges `done`."""
-    out, start = [], first
-    for i in range(max(0, bisect_right(done, (first, _AFTER)) - 1), len(done)):  # from the range holding `first`
-        a, b = done[i]
-        if b < start:
-            continue
-        if a > last:
-            break
-        if a > start:
-            out.append((start, a - 1))
-        start = max(start, b + 1)
-        if start > last:
-            return out
-    if start <= last:
-        out.append((start, last))
-    return out
 
 
 class Acks:
@@ -217,7 +160,7 @@ class Acks:
         (None: it can)."""
         if acked is not None and acked[1] >= acked[0]:
             ranges = self.ranges(agent, spool)
-            i, j = _touching(ranges, *acked)
+            i, j = touching(ranges, *acked)
             if j == i and len(ranges) >= MAX_ACKED:  # only a range touching none adds one
                 return (f"spool {spool} already has {MAX_ACKED} separate acknowledged ranges and "
                         f"{acked[0]}..{acked[1]} would start another: send contiguous batches")
@@ -325,4 +268,4 @@ class Acks:
             raise
 
 
-__all__ = ["Acks", "MAX_ACKED", "MAX_REPORTED", "MAX_SPOOLS", "SPOOL_IDLE_S", "insert", "merge", "size", "subtract"]
+__all__ = ["Acks", "MAX_ACKED", "MAX_REPORTED", "MAX_SPOOLS", "SPOOL_IDLE_S"]

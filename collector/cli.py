@@ -8,6 +8,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from core.tls import fingerprint
+
 from .auth import Auth
 from .config import CollectorConfig, CollectorConfigError, load_config, parse_ttl
 from .db import connect
@@ -59,8 +61,6 @@ def token_create(path: str, commune: str, ttl: str | None = None) -> int:
     note = f"one-time token for {config.province}/{commune}, valid {hours:g} h: give it to the agent's installer " \
            "(cmon agent enroll reads it from stdin or --token-file)"
     if config.listen.ca_file:
-        from agent.credentials import fingerprint
-
         note += f"\nCA fingerprint (cmon agent enroll --ca-fingerprint): {fingerprint(Path(config.listen.ca_file).read_bytes())}"
     print(note, file=sys.stderr)
     return EXIT_OK

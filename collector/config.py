@@ -1,7 +1,7 @@
 """The collector's YAML configuration (docs/collector.md): listener, TLS, the database, data folder, limits.
 
 `load_config(path)` returns a `CollectorConfig` or raises `CollectorConfigError` listing every problem as
-`file:line: key.path: message`, read by the same budgeted loader as the agent's config (agent/yaml_marks.py:
+`file:line: key.path: message`, read by the same budgeted loader as the agent's config (core/config/loader.py:
 duplicate keys, alias bombs, deep nesting, control characters and huge numbers are errors with their line).
 HTTPS is the default: plain HTTP needs `listen.allow_http: true` (a trusted network only: credentials would
 travel in clear). Relative paths are relative to the config file's folder. Every duration is bounded:
@@ -18,10 +18,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AnyHttpUrl, BeforeValidator, Field, model_validator
 
-from agent.config import ByteSize
-from agent.config_errors import find_file, validate_model
-from agent.yaml_marks import ConfigError, ConfigIssue, LocatedYaml, read_yaml
-from probes.base import DAY, Duration, Slug, StrictModel, format_duration, parse_duration
+from core.config.issues import ConfigError, ConfigIssue
+from core.config.loader import LocatedYaml, read_yaml
+from core.config.types import DAY, ByteSize, Duration, Slug, StrictModel, format_duration, parse_duration
+from core.config.validation import find_file, validate_model
 
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(h|d|w|y)\s*$")
 _SPAN_S = {"h": 3600, "d": 86_400, "w": 7 * 86_400, "y": 365 * 86_400}

@@ -14,7 +14,7 @@ Same contract as `collector.validate.check_ingest` (docs/wire.md), at a fraction
   `validate.check_agent` (it is the only part of the payload without a fixed shape);
 - a key the wire does not define, anywhere, sends the batch to the slow path: `check_ingest` ignores unknown
   top-level and `agent` keys (a newer agent may send more), the fast path only sees the shapes it knows, so
-  nothing in it nests deeper than `validate.MAX_DEPTH`.
+  nothing in it nests deeper than `core.wire.MAX_DEPTH`.
 
 Whatever the fast path refuses is validated again by `check_ingest`, whose message (the first problem, in order)
 is the one the agent gets; the fast path never accepts what `check_ingest` refuses (tests/unit/
@@ -30,9 +30,11 @@ from typing import Annotated, Any
 
 import msgspec
 
+from core.wire import (FIELD_NAME, MAX_DEPTH, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_SEQ, MAX_VALUE, SPOOL_ID,
+                       WIRE_VERSION)
+
 from . import lineproto
-from .validate import (_FIELD, _SPOOL, MAX_DEPTH, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_SEQ, MAX_VALUE, NAMES,
-                       RETENTION_MARGIN_MS, WIRE_VERSION, PayloadError, Rules, check_agent, check_depth, check_ingest,
+from .validate import (NAMES, RETENTION_MARGIN_MS, PayloadError, Rules, check_agent, check_depth, check_ingest,
                        check_tags, parse_json, text_problem)
 
 # JSON has no NaN; 1e999 is out of range; past ±2^53 VictoriaMetrics rounds a block's other samples (validate).
@@ -119,7 +121,7 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
     spool, first, last = payload.spool, payload.first, payload.last
     times = [m.time for m in items]
     # Checked for the whole batch at once; on any failure check_ingest finds the first problem and names it.
-    if (payload.version != WIRE_VERSION or not _SPOOL.match(spool) or not items or first < 1 or last > MAX_SEQ
+    if (payload.version != WIRE_VERSION or not SPOOL_ID.match(spool) or not items or first < 1 or last > MAX_SEQ
             or last - first + 1 != len(items) or len(items) > rules.max_measurements
             or [m.seq for m in items] != list(range(first, last + 1))
             or min(times) < now_ms - rules.retention_ms + RETENTION_MARGIN_MS or max(times) > now_ms + rules.max_future_ms
@@ -161,7 +163,7 @@ def _head(name: str, tag_text: bytes, rules: Rules) -> tuple[bytes, tuple]:
 def _check_field_names(fields: list[dict[str, float]]) -> bool:
     """Return whether every field name is valid (remembering the valid ones)."""
     names = set().union(*fields)
-    if not all(_FIELD.match(key) for key in names):
+    if not all(FIELD_NAME.match(key) for key in names):
         return False
     if len(_good_fields) < 10_000:
         _good_fields.update(names)

@@ -28,24 +28,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-WIRE_VERSION = 1
+from core.wire import (FIELD_NAME, MAX_DEPTH, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_SEQ, MAX_TASK_ERROR, MAX_TASKS,
+                       MAX_TEXT, MAX_VALUE, SPOOL_ID, WIRE_VERSION)
+
 NAMES = frozenset({"probe", "host", "agent"})
 IDENTITY_TAGS = frozenset({"province", "commune", "agent"})
-_FIELD = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")  # \Z, not $: `$` also matches before a final newline
-_SPOOL = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _TASK = re.compile(r"[a-z_]{1,32}\Z")
 # Never in a tag value: C0/C1 controls and DEL (a newline cannot be escaped in line protocol), lone surrogates
 # (no UTF-8 encoding: the database write and the state file would fail on them).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _MEASUREMENT_KEYS = frozenset({"seq", "name", "tags", "fields", "time", "result", "detail"})
-MAX_FIELDS = 64
-MAX_SEQ = 2**63 - 1  # seqs and ranges are SQLite INTEGERs
-MAX_VALUE = 2.0**53  # |field value|: what VictoriaMetrics keeps exactly beside 3-decimal values (module doc)
-MAX_DEPTH = 16  # JSON nesting; the wire needs 4 (payload → measurements → measurement → tags)
-MAX_RANGES = 10_000  # entries of `evicted` and of `lost` in one payload
-MAX_REASON = 200  # characters of a `lost` reason
-MAX_TASKS, MAX_TASK_ERROR = 16, 300
-MAX_TEXT = 100  # characters of the agent block's version strings
 RETENTION_MARGIN_MS = 3600_000  # refuse a little before VM's own cut: a sample about to expire is not worth it
 HEALTH = ("ok", "degraded")
 TASK_STATES = ("ok", "restarting", "failed")
@@ -210,7 +202,7 @@ def check_fields(fields: Any, where: str) -> dict[str, float]:
         raise PayloadError(f"{where}: a measurement has 1 to {MAX_FIELDS} fields")
     out = {}
     for key, value in fields.items():
-        if not _FIELD.match(key):
+        if not FIELD_NAME.match(key):
             raise PayloadError(f"{where}: field name {key!r} is not lowercase letters, digits and '_'")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PayloadError(f"{where}: field {key!r} is a {type(value).__name__}: fields are numbers only "
@@ -234,7 +226,7 @@ def check_ingest(payload: Any, rules: Rules, now_ms: int | None = None) -> Batch
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     oldest, newest = now_ms - rules.retention_ms + RETENTION_MARGIN_MS, now_ms + rules.max_future_ms
     spool = payload.get("spool")
-    if not isinstance(spool, str) or not _SPOOL.match(spool):
+    if not isinstance(spool, str) or not SPOOL_ID.match(spool):
         raise PayloadError("spool must be the spool's id (letters, digits, '-', up to 64)")
     first, last = _int(payload.get("first"), "first", 1), _int(payload.get("last"), "last", 1)
     items = payload.get("measurements")
@@ -409,6 +401,5 @@ class SeriesCap:
         seen |= new
 
 
-__all__ = ["Batch", "MAX_DEPTH", "MAX_SEQ", "MAX_VALUE", "NAMES", "PayloadError", "Point", "Rules", "SeriesCap",
-           "WIRE_VERSION", "check_agent", "check_depth", "check_enroll", "check_heartbeat", "check_ingest",
-           "check_lost", "parse_json", "text_problem"]
+__all__ = ["Batch", "NAMES", "PayloadError", "Point", "Rules", "SeriesCap", "check_agent", "check_depth",
+           "check_enroll", "check_heartbeat", "check_ingest", "check_lost", "parse_json", "text_problem"]

@@ -1,5 +1,3 @@
-"""The probe library: one module per probe, each returning a `Measurement` and never raising."""
-
-from .measurement import RESULT_CODES, RESULTS, Measurement
-
-__all__ = ["Measurement", "RESULTS", "RESULT_CODES"]
+"""The probe library: one module per probe (`icmp`, `tcp`, `http`, `dns`, `smtp`, `imap`, `tls`), each returning
+Measurements (core.measurement) and never raising; `base` holds the probe contract, `registry` the name → module
+map, and `common/` the helpers the probes share (sockets, DNS, TLS inspection, mail, login, the echo transport)."""

@@ -1,107 +1,22 @@
-"""The probe contract: configuration base types, the line a probe is pinned to, and the probe context.
+"""The probe contract: the target config every probe extends, the line a probe is pinned to, the probe context.
 
 A probe module declares `NAME`, a `Config(TargetConfig)` with `probe: Literal[NAME]`, and
 `async def probe(config, ctx) -> Measurement`. It never raises: failures become `ctx.failure(...)`.
-The runner (agent/runner.py) adds the timeout around it and identity tags after it.
+The runner (agent/runner.py) adds the timeout around it and identity tags after it. The general config value
+types (durations, host names, `StrictModel`) are in core.config.types.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
-import re
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Mapping
+from typing import Mapping
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Field
 
-from .measurement import Measurement
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
-DAY = 86_400.0
-
-
-def parse_duration(value: Any, maximum: float = DAY) -> float:
-    """Return seconds from `5`, `2.5`, `"500ms"`, `"30s"`, `"2m"`, `"1h"` or `"1d"`: more than 0, at most `maximum`.
-
-    The bound keeps absurd values (`1e400`, 400 digits) from becoming inf or an overflow later.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '30s', '500ms', '2m'")
-    if isinstance(value, (int, float)):
-        seconds = float(value) if isinstance(value, float) or abs(value) < 10**18 else math.inf
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"{_shown(value)} is not a duration: write e.g. 5s, 500ms, 2m")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]  # 400 digits make inf, refused below
-    if math.isnan(seconds):
-        raise ValueError("a duration is a number of seconds or a string like '30s', '500ms', '2m'")
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
-    if seconds > maximum:
-        shown = "a number that large" if isinstance(value, int) and seconds == math.inf else _shown(value)
-        raise ValueError(f"{shown} is too long: a duration here is at most {format_duration(maximum)}")
-    return seconds
-
-
-def _shown(value: Any) -> str:
-    text = repr(value) if isinstance(value, (str, float)) else repr(str(value))
-    return text if len(text) <= 40 else text[:30] + f"...' ({len(text) - 2} characters)"
-
-
-def format_duration(seconds: float) -> str:
-    """Return `24h`, `90m`, `30s` or `0.5s`: the largest unit that writes `seconds` exactly."""
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-# Identifiers become tags: ASCII slugs ("dong-loc"), display names may carry diacritics.
-Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
-
-
-_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-
-
-def check_hostname(value: str) -> str:
-    """Accept a DNS name; a Vietnamese IDN name ("đồnglộc.vn") becomes its ASCII form (a config error otherwise)."""
-    if not value.isascii():
-        try:
-            value = value.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"{value!r} is not a valid host name") from None
-    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
-    if not 0 < len(value) <= 253 or not all(_LABEL.match(label) for label in labels):
-        raise ValueError(f"{value!r} is not a valid host name")
-    return value
-
-
-def check_host(value: str) -> str:
-    """Accept a DNS name or an IP address literal (a config error otherwise)."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    try:
-        return check_hostname(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is neither a host name nor an IP address") from None
-
-
-HostName = Annotated[str, AfterValidator(check_hostname)]
-Host = Annotated[str, AfterValidator(check_host)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class StrictModel(BaseModel):
-    """A config model that rejects unknown keys and cannot be changed after validation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from core.config.types import Duration, Slug, StrictModel
+from core.measurement import Measurement
 
 
 class LineConfig(StrictModel):

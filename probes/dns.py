@@ -1,6 +1,6 @@
 """DNS probe: ask a resolver for one record over a line and check the answer code and records.
 
-The query goes through probes.dnswire.exchange, which retransmits inside the timeout over the pinned line, so
+The query goes through probes.common.dnswire.exchange, which retransmits inside the timeout over the pinned line, so
 one lost datagram costs a retransmission (counted in `retries`), not the probe. Doc: docs/probes/dns.md.
 Needs no privileges.
 """
@@ -22,10 +22,12 @@ import dns.rdatatype
 import dns.reversename
 from pydantic import Field, field_validator, model_validator
 
+from core.measurement import Measurement
+
 from .base import ProbeContext, TargetConfig
-from .dnswire import exchange, servers_for
-from .measurement import Measurement
-from .netio import classify, family_of, line_socket
+from .common.dnswire import exchange, servers_for
+from .common.netio import classify
+from .common.sockets import family_of, line_socket
 
 NAME = "dns"
 

@@ -7,11 +7,11 @@ Timing phases (ms) like blackbox_exporter's `probe_http_duration_seconds`, SUMME
 "processing"), and `duration_ms` (the whole run incl. login and body).
 
 aiohttp does the HTTP (redirect-safe cookies, chunked and compressed bodies, odd servers); the probe hooks in
-where the phases happen: a resolver calling probes.dnswire (fresh, pinned to the line, times dns), a socket
-factory creating sockets through probes.netio.line_socket (line pinning; connect starts), and a
+where the phases happen: a resolver calling probes.common.dnswire (fresh, pinned to the line, times dns), a socket
+factory creating sockets through probes.common.sockets.line_socket (line pinning; connect starts), and a
 tlsinfo.ObservedContext whose SSL objects report handshake start (= TCP connected) and success.
 The body (at most `max_body_bytes`) is matched after Unicode NFC normalisation of both the page and the
-expected text. An optional `login` step submits the site's login form first (probes/http_login.py).
+expected text. An optional `login` step submits the site's login form first (probes/common/http_login.py).
 Doc: docs/probes/http.md. Needs no privileges.
 """
 
@@ -31,12 +31,15 @@ from aiohttp.abc import AbstractResolver
 from pydantic import AfterValidator, Field, model_validator
 from yarl import URL
 
-from . import tlsinfo
-from .base import HostName, ProbeContext, StrictModel, TargetConfig, check_host
-from .dnswire import DnsFailure, resolve
-from .http_login import find_login_form, has_password_form
-from .measurement import Measurement
-from .netio import ProbeFailure, allowed_families, classify, family_of, line_socket
+from core.config.types import HostName, StrictModel, check_host
+from core.measurement import Measurement
+
+from .base import ProbeContext, TargetConfig
+from .common import tlsinfo
+from .common.dnswire import DnsFailure, resolve
+from .common.http_login import find_login_form, has_password_form
+from .common.netio import allowed_families, classify
+from .common.sockets import ProbeFailure, family_of, line_socket
 
 NAME = "http"
 MAX_REDIRECTS = 10
@@ -227,7 +230,7 @@ class _Run(tlsinfo.HandshakeObserver):
 
 
 class _Resolver(AbstractResolver):
-    """aiohttp resolver: one fresh lookup per host per run, over the line via probes.dnswire, timed into the hop.
+    """aiohttp resolver: one fresh lookup per host per run, over the line via probes.common.dnswire, timed into the hop.
 
     Redirects and login steps to the same host reuse the run's answer (as blackbox_exporter does); the next run
     looks it up again.

@@ -4,8 +4,9 @@ Doc: docs/probes/icmp.md. Needs a ping socket (net.ipv4.ping_group_range) or CAP
 
 The burst is `count` echoes `echo_interval` apart, each given `echo_timeout` to be answered; replies are
 taken as they come (the next echo does not wait for the previous reply), so one lost echo costs nothing but
-its own loss. The send/receive machinery is an `EchoTransport` (probes/icmp_socket.py on Linux); this module is
-the platform-independent part: schedule, bookkeeping, statistics, the Measurement.
+its own loss. The send/receive machinery is an `EchoTransport` (probes/common/echo.py; Linux's is
+probes/common/icmp_socket.py); this module is the platform-independent part: schedule, bookkeeping, statistics,
+the Measurement.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import asyncio
 import errno
 import statistics
 import time
-from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Sequence
 
 from pydantic import Field, model_validator
 
-from .base import Duration, Host, ProbeContext, TargetConfig
-from .dnswire import resolve
-from .measurement import Measurement
-from .netio import allowed_families, classify, family_of
+from core.config.types import Duration, Host
+from core.measurement import Measurement
+
+from .base import ProbeContext, TargetConfig
+from .common.dnswire import resolve
+from .common.echo import EchoError, EchoTransport
+from .common.icmp_socket import LinuxEchoTransport
+from .common.netio import allowed_families, classify
+from .common.sockets import family_of
 
 NAME = "icmp"
 
@@ -49,29 +54,6 @@ class Config(TargetConfig):
                 f"or raise timeout)"
             )
         return self
-
-
-@dataclass(slots=True, frozen=True)
-class EchoError:
-    """The network (or this PC) said echo `seq` cannot arrive (`seq` None when unknown); `detail` for people."""
-
-    seq: int | None
-    detail: str
-
-
-class EchoTransport(Protocol):
-    """Sends echo requests to one address; reports replies (seq, rtt_ms) and errors through callbacks.
-
-    Linux: probes.icmp_socket.LinuxEchoTransport. Windows (to write): IcmpSendEcho2/Icmp6SendEcho2, see the doc.
-    """
-
-    local_address: str
-
-    def send(self, seq: int) -> None:
-        """Send echo number `seq` (0-based) now; raise OSError when the OS refuses."""
-
-    def close(self) -> None:
-        """Release the socket or handle."""
 
 
 def echo_stats(rtts: Sequence[float | None]) -> dict[str, float]:
@@ -101,8 +83,6 @@ def echo_stats(rtts: Sequence[float | None]) -> dict[str, float]:
 
 def open_transport(address: str, config: Config, ctx: ProbeContext, run: "EchoRun") -> EchoTransport:
     """Open this platform's transport (only Linux's exists today)."""
-    from .icmp_socket import LinuxEchoTransport  # the one platform-specific import
-
     return LinuxEchoTransport.open(
         address,
         privileged=config.privileged,

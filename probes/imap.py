@@ -1,6 +1,6 @@
 """IMAP probe: greeting, CAPABILITY, STARTTLS or implicit TLS, optional LOGIN, then LOGOUT.
 
-Speaks the small, literal-free part of IMAP4rev1 it needs (tagged commands) over probes.netio.open_tcp, so line
+Speaks the small, literal-free part of IMAP4rev1 it needs (tagged commands) over probes.common.netio.open_tcp, so line
 pinning and phase timings apply. Opens no mailbox. Doc: docs/probes/imap.md. Needs no privileges.
 """
 
@@ -10,10 +10,11 @@ import re
 import time
 from typing import ClassVar, Literal
 
+from core.measurement import Measurement
+
 from .base import ProbeContext
-from .mail_common import MailConfig, MailSession, TlsMode
-from .measurement import Measurement
-from .netio import ProbeFailure
+from .common.mail_common import MailConfig, MailSession, TlsMode
+from .common.sockets import ProbeFailure
 
 NAME = "imap"
 

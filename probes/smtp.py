@@ -1,6 +1,6 @@
 """SMTP probe: greeting, EHLO, STARTTLS or implicit TLS, optional AUTH, optionally one test mail, then QUIT.
 
-Speaks the small part of SMTP it needs over probes.netio.open_tcp, so line pinning and phase timings apply.
+Speaks the small part of SMTP it needs over probes.common.netio.open_tcp, so line pinning and phase timings apply.
 Sends no mail unless `send_test_mail` is set. Doc: docs/probes/smtp.md. Needs no privileges.
 """
 
@@ -15,10 +15,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from .base import ProbeContext, StrictModel
-from .mail_common import MailConfig, MailSession
-from .measurement import Measurement
-from .netio import ProbeFailure
+from core.config.types import StrictModel
+from core.measurement import Measurement
+
+from .base import ProbeContext
+from .common.mail_common import MailConfig, MailSession
+from .common.sockets import ProbeFailure
 
 NAME = "smtp"
 

@@ -10,9 +10,11 @@ import re
 import time
 from typing import Literal
 
-from .base import Host, Port, ProbeContext, TargetConfig
-from .measurement import Measurement
-from .netio import classify, open_tcp
+from core.config.types import Host, Port
+from core.measurement import Measurement
+
+from .base import ProbeContext, TargetConfig
+from .common.netio import classify, open_tcp
 
 NAME = "tcp"
 

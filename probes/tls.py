@@ -1,7 +1,7 @@
 """TLS probe: handshake with any host:port over a line and check the certificate it presents.
 
 Reports connect and handshake times, the days left on the leaf certificate and how many certificates the server
-sent; a certificate that does not verify is explained by probes.tlsinfo (expired, chain incomplete, untrusted
+sent; a certificate that does not verify is explained by probes.common.tlsinfo (expired, chain incomplete, untrusted
 issuer, wrong name). STARTTLS services (SMTP 25/587, IMAP 143) have their own probes.
 Doc: docs/probes/tls.md. Needs no privileges.
 """
@@ -13,10 +13,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from . import tlsinfo
-from .base import Host, HostName, ProbeContext, TargetConfig
-from .measurement import Measurement
-from .netio import classify, open_tcp
+from core.config.types import Host, HostName
+from core.measurement import Measurement
+
+from .base import ProbeContext, TargetConfig
+from .common import tlsinfo
+from .common.netio import classify, open_tcp
 
 NAME = "tls"
 

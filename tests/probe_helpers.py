@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
-from probes.measurement import RESULT_CODES, Measurement
+from core.measurement import RESULT_CODES, Measurement
 
 # Fields that vary run to run: compared loosely by the tests, not in the whole-Measurement comparison.
 PHASE_TIMING = frozenset(

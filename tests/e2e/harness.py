@@ -282,7 +282,7 @@ class Pipeline:
 
     def acked(self, spool_id: str) -> list[tuple[int, int]]:
         """Return the ranges the collector durably recorded as acknowledged for the spool."""
-        from collector.acks import merge
+        from core.ranges import merge
 
         conn = sqlite3.connect(self.tmp / "state" / "collector.sqlite")
         try:

@@ -21,11 +21,11 @@ import yaml
 from agent.config import load_config
 from agent.scheduler import planned_runs
 from agent.spool import Spool
-from collector.acks import merge
+from core.ranges import merge
 from disk_helpers import fill, tmpfs
 from e2e.harness import AGENT_ID, Pipeline, Window
 from e2e.schedule_check import _round_of, check_schedule, job_of
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 IDENTITY_MATCH = f'{{agent="{AGENT_ID}"}}'
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config, parse_size
+from agent.config import ConfigError, load_config
+from core.config.types import parse_size
 
 HEAD = "agent: {province: ha-tinh, commune: dong-loc, id: quay-01}\n"
 SERVICES = "services:\n  ioffice:\n    - {name: web, probe: tcp, host: 127.0.0.1, port: 443}\n"

@@ -24,7 +24,8 @@ import urllib.request
 
 import pytest
 
-from collector.acks import MAX_ACKED, MAX_SPOOLS, SPOOL_IDLE_S, Acks, merge, subtract
+from collector.acks import MAX_ACKED, MAX_SPOOLS, SPOOL_IDLE_S, Acks
+from core.ranges import merge, subtract
 from collector.admission import ENROLL_FAILURES, ENROLL_INFLIGHT, ENROLL_REFILL_S, Enrollments, source
 from collector.app_keys import ACKS, AUTH
 from collector.db import connect

@@ -13,7 +13,6 @@ from agent import cli
 from collector.config import CollectorConfigError, load_config, parse_config
 from collector.lineproto import LineProtocolError, line
 from collector.validate import SeriesCap
-from collector.acks import merge, subtract
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"province": "ha-tinh", "database": {"url": "http://127.0.0.1:8428"}}
@@ -156,12 +155,6 @@ def test_line_protocol_refuses_what_it_cannot_carry():
             line("probe", tags, fields, 1)
 
 
-def test_ranges_merge_and_subtract():
-    assert merge([(6, 9), (1, 5), (12, 12), (11, 11)]) == [(1, 9), (11, 12)]
-    assert subtract(1, 20, [(3, 5), (8, 30)]) == [(1, 2), (6, 7)]
-    assert subtract(4, 6, [(1, 10)]) == [] and subtract(4, 6, []) == [(4, 6)]
-
-
 def test_series_cap_counts_distinct_series_per_agent():
     from collector.validate import Point
 
@@ -180,7 +173,7 @@ async def test_https_with_the_province_ca_and_the_ca_endpoint(tmp_path):
 
     import aiohttp
 
-    from agent.credentials import fingerprint
+    from core.tls import fingerprint
     from collector.app import serve
     from lab.pki import make_pki
     from lab.victoria import free_port

@@ -17,7 +17,7 @@ from collector.app_keys import ACKS, REGISTRY
 from collector.auth import Identity
 from collector.db import connect
 from collector.registry import Registry
-from collector.validate import MAX_SEQ, MAX_VALUE
+from core.wire import MAX_SEQ, MAX_VALUE
 from collector_helpers import TAGS, collector_client, credential, expected_pairs, make_config, payload, post
 from lab.victoria import Victoria, available
 

@@ -191,7 +191,7 @@ async def test_heartbeat_registry_and_metrics(vm, client):
 
 def test_payload_json_is_what_the_agent_sends():
     """The helper's payload matches the wire (and so the agent's shipper): seq + Measurement.to_dict()."""
-    from probes.measurement import Measurement
+    from core.measurement import Measurement
 
     m = Measurement("probe", TAGS, {"up": 1.0}, 1_700_000_000_000)
     assert set({"seq": 1, **m.to_dict()}) <= {"seq", "name", "tags", "fields", "time", "result", "detail"}

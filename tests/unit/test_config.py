@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent.config import ConfigError, load_config
-from agent.yaml_marks import Limits, load_yaml
+from core.config.loader import Limits, load_yaml
 from probes.registry import loadable as probe_modules
 from probes import registry
 from probes.base import TargetConfig
@@ -242,7 +242,7 @@ def test_shipped_example_covers_every_service_and_enough_targets() -> None:
     assert sum(len(t) for t in data["services"].values()) >= 12
 
 
-# -- the loader's budget (agent/yaml_marks.py); hostile files are in testdata/bad-configs ------------------------
+# -- the loader's budget (core/config/loader.py); hostile files are in testdata/bad-configs ------------------------
 
 
 def test_a_file_over_1_mib_is_refused_without_reading_it_all(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 - `cmon check-config` on the alias bombs and on 5,000-deep nesting, in a child process: exit 2, no traceback, the
   expected error line, and a peak RSS under 100 MB (`RUSAGE_CHILDREN` of a small parent; before the budget the
   agent's bomb passed 6.7 GB within a minute).
-- Property tests (hypothesis) of agent/yaml_marks.py and of both configs' validation: arbitrary bytes, text,
+- Property tests (hypothesis) of core/config/loader.py and of both configs' validation: arbitrary bytes, text,
   YAML-looking text and arbitrary documents raise nothing but ConfigError, and every issue names the file and a
   line that exists.
 """
@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import config as agent_config
-from agent.yaml_marks import ConfigError, ConfigIssue, LocatedYaml, load_yaml
+from core.config.issues import ConfigError, ConfigIssue
+from core.config.loader import LocatedYaml, load_yaml
 from collector import config as collector_config
 from probes import registry
 

@@ -136,7 +136,7 @@ async def test_agent_ships_probe_host_and_self_metrics_then_says_stopping(tmp_pa
 async def test_a_damaged_spool_row_is_reported_lost_and_everything_else_is_shipped(
         tmp_path: Path, listening_port: int) -> None:
     from agent.spool import Spool
-    from probes.measurement import Measurement
+    from core.measurement import Measurement
 
     # A backlog from an earlier run, one row of which went bad on disk (SQLite's own checks still pass).
     with Spool(tmp_path / "spool.db") as spool:

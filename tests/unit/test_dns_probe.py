@@ -15,7 +15,7 @@ from lab.servers import dns as lab_dns
 from lab.servers.process import Check, ServerProcess
 from probes import dns as dns_probe
 from probes.base import ProbeContext
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from probe_helpers import free_port, make_expected, make_strip
 

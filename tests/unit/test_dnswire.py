@@ -9,8 +9,8 @@ import dns.rrset
 import pytest
 
 from probes.base import Line, LineConfig, ProbeContext
-from probes.dnswire import DnsFailure, resolve
-from probes.netio import classify
+from probes.common.dnswire import DnsFailure, resolve
+from probes.common.netio import classify
 from probes.tcp import Config as TcpConfig
 
 V4V6 = (2, 10)  # AF_INET, AF_INET6
@@ -70,7 +70,7 @@ RECORDS = {("ioffice.lab.test.", "A"): ["198.51.100.10"], ("ioffice.lab.test.", 
 
 async def test_a_and_aaaa_are_asked_in_parallel(responder, monkeypatch):
     proto, port = await responder(RECORDS, delay={"A": 0.3, "AAAA": 0.3})
-    monkeypatch.setattr("probes.dnswire.exchange", _with_port(port))
+    monkeypatch.setattr("probes.common.dnswire.exchange", _with_port(port))
     started = time.monotonic()
     addresses, dns_ms = await resolve(ctx_for("127.0.0.1"), "ioffice.lab.test", V4V6)
     assert addresses == ["198.51.100.10", "2001:db8::10"]
@@ -80,7 +80,7 @@ async def test_a_and_aaaa_are_asked_in_parallel(responder, monkeypatch):
 
 async def test_one_lost_datagram_costs_a_retransmission_not_the_probe(responder, monkeypatch):
     proto, port = await responder(RECORDS, drop_first={"A": 1, "AAAA": 1})
-    monkeypatch.setattr("probes.dnswire.exchange", _with_port(port))
+    monkeypatch.setattr("probes.common.dnswire.exchange", _with_port(port))
     addresses, dns_ms = await resolve(ctx_for("127.0.0.1"), "ioffice.lab.test", V4V6)
     assert set(addresses) == {"198.51.100.10", "2001:db8::10"}
     assert proto.seen.count("A") == 2 and proto.seen.count("AAAA") == 2
@@ -89,7 +89,7 @@ async def test_one_lost_datagram_costs_a_retransmission_not_the_probe(responder,
 
 async def test_slow_aaaa_does_not_hold_back_a(responder, monkeypatch):
     proto, port = await responder(RECORDS, delay={"AAAA": 2.0})
-    monkeypatch.setattr("probes.dnswire.exchange", _with_port(port))
+    monkeypatch.setattr("probes.common.dnswire.exchange", _with_port(port))
     addresses, dns_ms = await resolve(ctx_for("127.0.0.1"), "ioffice.lab.test", V4V6)
     assert addresses == ["198.51.100.10"]
     assert dns_ms < 200
@@ -97,7 +97,7 @@ async def test_slow_aaaa_does_not_hold_back_a(responder, monkeypatch):
 
 async def test_nxdomain_is_dns_error(responder, monkeypatch):
     proto, port = await responder(RECORDS)
-    monkeypatch.setattr("probes.dnswire.exchange", _with_port(port))
+    monkeypatch.setattr("probes.common.dnswire.exchange", _with_port(port))
     with pytest.raises(DnsFailure) as info:
         await resolve(ctx_for("127.0.0.1"), "nope.lab.test", V4V6)
     assert classify(info.value)[0] == "dns_error"
@@ -106,7 +106,7 @@ async def test_nxdomain_is_dns_error(responder, monkeypatch):
 
 async def test_silent_resolver_is_a_timeout_within_the_budget(responder, monkeypatch):
     proto, port = await responder(RECORDS, drop_first={"A": 99, "AAAA": 99})
-    monkeypatch.setattr("probes.dnswire.exchange", _with_port(port))
+    monkeypatch.setattr("probes.common.dnswire.exchange", _with_port(port))
     started = time.monotonic()
     with pytest.raises(DnsFailure) as info:
         await resolve(ctx_for("127.0.0.1", timeout=1.5), "ioffice.lab.test", V4V6)
@@ -124,7 +124,7 @@ async def test_line_hosts_override_and_literals_need_no_lookup():
 
 def _with_port(port):
     """Point exchange() at the responder's port (the probes use port 53)."""
-    from probes import dnswire
+    from probes.common import dnswire
 
     original = dnswire.exchange
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.credentials import Credential, fingerprint, load, normalize_fingerprint, save
+from agent.credentials import Credential, load, save
+from core.tls import fingerprint, normalize_fingerprint
 from agent.enroll import EnrollError, enroll
 from lab.pki import make_pki
 

@@ -21,7 +21,7 @@ from lab.pki import make_pki
 from lab.servers.web import DVC_TITLE, IOFFICE_TITLE, IOFFICE_WELCOME, create_app
 from probes import http
 from probes.base import Line, LineConfig, ProbeContext
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from probe_helpers import make_expected, make_strip
 
@@ -121,7 +121,7 @@ async def test_every_run_resolves_and_connects_afresh(serve, pki, monkeypatch):
     app.middlewares.append(record_peer)
     port = await serve(app)
     dns_port, queries, close = await dns_responder({HOST: "127.0.0.1"})
-    monkeypatch.setattr("probes.dnswire.exchange", with_port(dns_port))
+    monkeypatch.setattr("probes.common.dnswire.exchange", with_port(dns_port))
     try:
         for _ in range(2):
             m = await run(line=None, resolvers=("127.0.0.1",), url=f"https://{HOST}:{port}/", ca_file=str(pki.root_ca))
@@ -318,7 +318,7 @@ async def test_refused_port():
 
 async def test_unresolvable_name_is_dns_error(monkeypatch):
     dns_port, _, close = await dns_responder({HOST: "127.0.0.1"})
-    monkeypatch.setattr("probes.dnswire.exchange", with_port(dns_port))
+    monkeypatch.setattr("probes.common.dnswire.exchange", with_port(dns_port))
     try:
         m = await run(line=None, resolvers=("127.0.0.1",), url="https://nope.lab.test/")
     finally:
@@ -415,7 +415,7 @@ async def dns_responder(records: dict[str, str]):
 
 def with_port(port: int):
     """Return dnswire.exchange asking `port` instead of 53."""
-    from probes import dnswire
+    from probes.common import dnswire
 
     original = dnswire.exchange
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from probes import icmp
 from probes.base import Line, LineConfig, ProbeContext
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from probe_helpers import make_expected, make_strip
 

@@ -13,7 +13,7 @@ from lab.servers import imap as lab_imap
 from lab.servers.process import Check, ServerProcess
 from probes import imap
 from probes.base import ProbeContext
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from probe_helpers import free_port, make_expected, make_strip
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from probes.measurement import RESULT_CODES, RESULTS, Measurement
+from core.measurement import RESULT_CODES, RESULTS, Measurement
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -16,7 +16,7 @@ from agent import runner
 from agent.config import AgentConfig, load_config
 from probes import registry
 from probes.base import ProbeContext, TargetConfig
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 
 class FakeConfig(TargetConfig):

@@ -12,7 +12,7 @@ import pytest
 from agent.config import load_config
 from agent.scheduler import Scheduler, Turns, unit_fraction
 from probe_helpers import free_port
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 
 def write_config(tmp_path: Path, services: str, schedule: str = "", agent_id: str = "quay-01") -> Path:

@@ -15,10 +15,11 @@ from typing import Callable
 import pytest
 from aiohttp import web
 
-from agent.credentials import Credential, fingerprint, ssl_context
+from agent.credentials import Credential, ssl_context
+from core.tls import fingerprint
 from agent.shipper import Batch, ClockOffset, Shipper, parse_retry_after
 from lab.pki import make_pki
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 TOKEN = "s3cret-credential"
 

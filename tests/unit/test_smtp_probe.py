@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from lab.pki import make_pki
 from probes import smtp
 from probes.base import ProbeContext
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from probe_helpers import free_port, make_expected, make_strip
 

@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from agent.spool import DamagedRow, Spool, SpoolBatch, SpoolWriteError
 from disk_helpers import fill, tmpfs
-from probes.measurement import RESULTS, Measurement
+from core.measurement import RESULTS, Measurement
 
 REPO = Path(__file__).resolve().parents[2]
 TAGS = {"service": "ioffice", "target": "ioffice-web", "probe": "http", "line": "primary",

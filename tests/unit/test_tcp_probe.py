@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from probes.base import Line, LineConfig, ProbeContext
-from probes.measurement import RESULT_CODES
+from core.measurement import RESULT_CODES
 from probes import tcp
 
 

@@ -1,4 +1,4 @@
-"""The tls probe (and probes.tlsinfo's chain analysis) against real TLS servers on 127.0.0.1 presenting the
+"""The tls probe (and probes.common.tlsinfo's chain analysis) against real TLS servers on 127.0.0.1 presenting the
 lab.pki certificates: full chain, missing intermediate, expired, expiring soon, self-signed, province CA."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from lab.pki import SOON_DAYS, make_pki
-from probes import tls, tlsinfo
+from probes import tls
+from probes.common import tlsinfo
 from probes.base import ProbeContext
-from probes.measurement import Measurement
+from core.measurement import Measurement
 
 from probe_helpers import make_expected, make_strip
 

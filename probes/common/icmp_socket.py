@@ -1,4 +1,4 @@
-"""ICMP echo over Linux sockets: the `EchoTransport` of probes/icmp.py.
+"""ICMP echo over Linux sockets: the `EchoTransport` (probes/common/echo.py) of probes/icmp.py.
 
 Two kinds of socket, one code path:
 - "ping sockets" (SOCK_DGRAM, IPPROTO_ICMP/ICMPV6): no privilege, allowed when the process's group is in
@@ -28,9 +28,9 @@ import struct
 import time
 from typing import Callable
 
-from .base import Line
-from .icmp import EchoError
-from .netio import ProbeFailure, line_socket
+from ..base import Line
+from .echo import EchoError
+from .sockets import ProbeFailure, line_socket
 
 # Linux constants the socket module does not export.
 SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: 64-bit timespec on 64-bit kernels, 32-bit on 32-bit ones

@@ -1,37 +1,23 @@
-"""Config errors for people: `file:line: key.path: plain message`, and pydantic errors turned into such lines.
+"""Pydantic errors turned into config issues for people (`file:line: key.path: plain message`), and `*_file` paths.
 
 Every error carries the file, the line, the key path (`services.ioffice[0].url`) and a message a commune IT
 staffer can act on; an unknown key suggests the closest known one. `validate_model` turns a pydantic model's
-errors on a loaded YAML document into such issues; the issue types themselves live with the loader
-(`yaml_marks`). Nothing here is specific to the agent: the collector's config uses it too.
+errors on a loaded YAML document (`core.config.loader`) into such issues (`core.config.issues`). Nothing here is
+specific to one config: the agent's and the collector's use it alike.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from .yaml_marks import ConfigError, ConfigIssue, LocatedYaml, Path_, format_path
+from .issues import ConfigIssue, Path_, kind_of, show, unknown_key
+from .loader import LocatedYaml
 
 SLUG_HINT = "use lowercase ASCII letters, digits, '-', '_' or '.' (e.g. dong-loc); put names with diacritics in display_name"
-
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """Return " — did you mean 'x'?" for the closest choice, or "" when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" — did you mean '{close[0]}'?" if close else ""
-
-
-def unknown_key(key: str, known: Iterable[str]) -> str:
-    """Return the message for an unknown key: a suggestion, else the list of valid keys."""
-    known = sorted(known)
-    hint = suggest(key, known)
-    shown = key if len(key) <= 40 else key[:37] + "..."  # a hostile key must not flood the terminal
-    return f"unknown key '{shown}'{hint or ' (valid keys: ' + ', '.join(known) + ')'}"
 
 
 def find_file(value: str, base_dir: Path | None) -> tuple[str, str | None]:
@@ -52,12 +38,6 @@ def find_file(value: str, base_dir: Path | None) -> tuple[str, str | None]:
         return value, f"cannot use {show(value)}: {getattr(exc, 'strerror', None) or exc}"
     shown = str(file) if len(str(file)) <= 120 else str(file)[:100] + f"... ({len(str(file))} characters)"
     return str(file), problem.format(shown)
-
-
-def show(value: Any) -> str:
-    """Return a short quoted form of a config value for a message."""
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def walk_loc(data: Any, loc: tuple, error_type: str) -> Path_:
@@ -122,17 +102,6 @@ _PLAIN_TYPES = {
     "bool_type": "should be true or false",
     "string_type": "should be text (put it in quotes)",
 }
-
-
-def kind_of(value: Any) -> str:
-    """Return what a wrong value is, for a message: "an empty value", "a mapping", "a list" or the value."""
-    if value is None:
-        return "an empty value"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return show(value)
 
 
 def merge_union_messages(messages: list[str]) -> str:
@@ -200,19 +169,5 @@ def known_keys(model: type[BaseModel], loc: tuple) -> set[str]:
     return set().union(*(field_keys(m) for m in models))
 
 
-__all__ = [
-    "ConfigError",
-    "ConfigIssue",
-    "field_keys",
-    "find_file",
-    "format_path",
-    "kind_of",
-    "known_keys",
-    "merge_union_messages",
-    "plain_message",
-    "show",
-    "suggest",
-    "unknown_key",
-    "validate_model",
-    "walk_loc",
-]
+__all__ = ["SLUG_HINT", "field_keys", "find_file", "known_keys", "merge_union_messages", "plain_message",
+           "validate_model", "walk_loc"]

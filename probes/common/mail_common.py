@@ -1,11 +1,11 @@
 """What the smtp and imap probes share: their config keys, the TLS context, the password, a line-based session.
 
-A `MailSession` is one connection opened through probes.netio.open_tcp (so line pinning and the dns/connect/TLS
+A `MailSession` is one connection opened through probes.common.netio.open_tcp (so line pinning and the dns/connect/TLS
 timings apply), read line by line, that can be upgraded with STARTTLS. It never waits past the probe's budget:
 the probes wrap their dialogue in `asyncio.timeout(ctx.remaining())`.
 
 When the certificate is refused, a second session without verification (same line, same dialogue up to TLS)
-fetches the chain the server really sends, so probes.tlsinfo.explain can tell an expired certificate from a
+fetches the chain the server really sends, so probes.common.tlsinfo.explain can tell an expired certificate from a
 missing intermediate or an untrusted CA, and `cert_days_left` is still reported.
 """
 
@@ -20,9 +20,12 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, FilePath, field_validator, model_validator
 
-from .base import Host, HostName, ProbeContext, TargetConfig
-from .measurement import Measurement
-from .netio import ProbeFailure, TcpConnection, classify, open_tcp
+from core.config.types import Host, HostName
+from core.measurement import Measurement
+
+from ..base import ProbeContext, TargetConfig
+from .netio import TcpConnection, classify, open_tcp
+from .sockets import ProbeFailure
 from .tlsinfo import DIAGNOSE_MAX_S, client_context, days_left, explain, sent_chain, verified_not_after
 
 TlsMode = Literal["none", "starttls", "implicit"]

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 if TYPE_CHECKING:
     from cryptography import x509
 
-from .base import ProbeContext
-from .netio import ProbeFailure, classify_verify_error, open_tcp
+from ..base import ProbeContext
+from .netio import classify_verify_error, open_tcp
+from .sockets import ProbeFailure
 
 # The second (diagnostic) handshake gets at most this long; the probe's own budget still applies.
 DIAGNOSE_MAX_S = 3.0

@@ -23,7 +23,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from .base import ProbeContext
+from ..base import ProbeContext
+from .sockets import connect_socket, line_socket
 
 FIRST_RETRY_S = 0.4
 RESOLUTION_DELAY_S = 0.05
@@ -95,8 +96,6 @@ async def exchange(
     ConnectionRefusedError (ICMP port unreachable on every server), or OSError.
     `sent`, when given, gets the server of every datagram sent (its length minus one is the retransmissions).
     """
-    from .netio import line_socket  # netio imports this module
-
     servers = list(servers)
     if not servers:
         raise DnsFailure("no DNS server configured (none in resolv.conf and no `resolver`)")
@@ -172,8 +171,6 @@ async def _exchange_tcp(
     ctx: ProbeContext, query: dns.message.Message, server: str, port: int, deadline: float
 ) -> dns.message.Message:
     """Repeat a truncated query over TCP on the same line."""
-    from .netio import connect_socket
-
     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
         sock, _ = await connect_socket(ctx, server, port)
         reader, writer = await asyncio.open_connection(sock=sock)

@@ -1,7 +1,7 @@
-"""Sockets pinned to a line, timed TCP/TLS connections, and the mapping from errors to `result` reasons.
+"""Timed TCP/TLS connections over a line, and the mapping from errors to `result` reasons.
 
-Every probe that opens a connection goes through `open_tcp`, so line pinning, the fresh DNS lookup and the
-connect/TLS phase timings are measured the same way everywhere.
+Every probe that opens a connection goes through `open_tcp`, so line pinning (`sockets`), the fresh DNS lookup
+(`dnswire`) and the connect/TLS phase timings are measured the same way everywhere.
 """
 
 from __future__ import annotations
@@ -10,75 +10,12 @@ import asyncio
 import errno
 import socket
 import ssl
-import sys
 import time
 from dataclasses import dataclass
 
-from .base import Line, ProbeContext
+from ..base import ProbeContext
 from .dnswire import DnsFailure, resolve
-
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
-SO_MARK = getattr(socket, "SO_MARK", 36)
-
-
-class ProbeFailure(Exception):
-    """A failure already classified: `result` is a reason from RESULTS, `detail` a sentence for people."""
-
-    def __init__(self, result: str, detail: str) -> None:
-        super().__init__(detail)
-        self.result = result
-        self.detail = detail
-
-
-def line_socket(family: int, kind: int, line: Line | None, proto: int = 0) -> socket.socket:
-    """Return a non-blocking socket bound as `line` says (source, interface, fwmark, DSCP)."""
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setblocking(False)
-        if line is not None:
-            apply_line(sock, family, line)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def apply_line(sock: socket.socket, family: int, line: Line) -> None:
-    """Pin an existing socket to `line`; a missing privilege becomes a clear `permission_denied`."""
-    cfg = line.config
-    try:
-        if cfg.interface:
-            if sys.platform != "linux":
-                raise ProbeFailure("error", "binding to an interface is Linux-only: use `source` on this PC")
-            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, cfg.interface.encode())
-        if cfg.fwmark is not None:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, cfg.fwmark)
-    except PermissionError as exc:
-        what = "interface" if cfg.interface else "fwmark"
-        raise ProbeFailure(
-            "permission_denied", f"line {line.name}: setting {what} needs CAP_NET_RAW/CAP_NET_ADMIN ({exc})"
-        ) from exc
-    except OSError as exc:
-        if exc.errno == errno.ENODEV:
-            raise ProbeFailure("unreachable", f"line {line.name}: interface {cfg.interface} does not exist") from exc
-        raise
-    if cfg.dscp is not None:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, cfg.dscp << 2)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, cfg.dscp << 2)
-    if cfg.source is not None:
-        try:
-            sock.bind((str(cfg.source), 0))
-        except OSError as exc:
-            raise ProbeFailure(
-                "unreachable", f"line {line.name}: this PC does not have the address {cfg.source} ({exc.strerror})"
-            ) from exc
-
-
-def family_of(address: str) -> int:
-    """Return AF_INET6 for an IPv6 literal, else AF_INET."""
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
+from .sockets import ProbeFailure, connect_socket
 
 
 def allowed_families(ctx: ProbeContext) -> tuple[int, ...]:
@@ -157,23 +94,6 @@ class TcpConnection:
             pass
 
 
-async def connect_socket(ctx: ProbeContext, address: str, port: int) -> tuple[socket.socket, float]:
-    """Open a TCP connection to one address over the context's line; return it and the connect time (ms)."""
-    family = family_of(address)
-    sock = line_socket(family, socket.SOCK_STREAM, ctx.line)
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(ctx.remaining()):
-            await loop.sock_connect(sock, (address, port))
-    except BaseException:
-        sock.close()
-        raise
-    connect_ms = (time.perf_counter() - started) * 1000.0
-    ctx.note_local_address(sock.getsockname()[0])
-    return sock, connect_ms
-
-
 async def open_tcp(
     ctx: ProbeContext,
     host: str,
@@ -215,3 +135,6 @@ async def open_tcp(
         return TcpConnection(reader, writer, address, sock.getsockname()[0], dns_ms, connect_ms, tls_ms)
     assert last_error is not None
     raise last_error
+
+
+__all__ = ["TcpConnection", "allowed_families", "classify", "classify_verify_error", "open_tcp"]

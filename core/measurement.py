@@ -56,7 +56,7 @@ class Measurement:
 
     def __post_init__(self) -> None:
         if self.result not in RESULT_CODES:
-            raise ValueError(f"unknown result {self.result!r}; add it to probes.measurement.RESULTS")
+            raise ValueError(f"unknown result {self.result!r}; add it to core.measurement.RESULTS")
         clean: dict[str, float] = {}
         for key, value in self.fields.items():
             if value is None:

@@ -11,7 +11,7 @@ a 5,000-digit number raise a traceback. Config errors must instead say `file:lin
 - builds plain Python values from the nodes itself, recording one line per path
   (`("services", "ioffice", 0, "url") -> 14`), refusing duplicate keys, too-long numbers, inf and nan.
 
-Nothing here knows what an agent or a collector is: both configs use it (it is meant to move to `core/`).
+Nothing here knows what an agent or a collector is: every config file is read with it.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
-Path_ = tuple[str | int, ...]
+from .issues import ConfigError, ConfigIssue, Path_
+
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _INT_TAG = "tag:yaml.org,2002:int"
 # `a: <<` and `a: =` resolve to tags PyYAML cannot construct: as values they are just words.
@@ -47,52 +48,6 @@ class Limits:
 
 
 LIMITS = Limits()
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    """One config problem: where (file, 1-based line, key path) and what (message)."""
-
-    file: str
-    line: int
-    path: Path_
-    message: str
-
-    def __str__(self) -> str:
-        where = format_path(self.path)
-        return f"{self.file}:{self.line}: {where + ': ' if where else ''}{self.message}"
-
-
-class ConfigError(Exception):
-    """The config is invalid; `issues` holds every problem found, sorted by line."""
-
-    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
-        unique = {(i.file, i.line, i.path, i.message): i for i in issues}
-        self.issues = sorted(unique.values(), key=lambda i: (i.file, i.line))
-        super().__init__("\n".join(str(i) for i in self.issues))
-
-
-def format_path(path: Path_) -> str:
-    """Return `services.ioffice[0].url` for ("services", "ioffice", 0, "url"); odd keys are quoted.
-
-    A path deeper than 12 shows its first 8 and last 3 parts around `…` (a hostile file can nest 64 deep).
-    """
-    if len(path) > 12:
-        return _join(path[:8]) + "…" + _join(path[-3:], first=False)
-    return _join(path)
-
-
-def _join(parts: Path_, first: bool = True) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", part):
-            out += f".{part}" if out or not first else part
-        else:
-            shown = part if len(part) <= 40 else part[:37] + "..."  # a hostile key must not flood the terminal
-            out += f'["{shown}"]'
-    return out
 
 
 @dataclass(slots=True)
@@ -437,5 +392,4 @@ def _show_key(key: str) -> str:
     return key if len(key) <= 40 else key[:37] + "..."
 
 
-__all__ = ["ConfigError", "ConfigIssue", "LIMITS", "Limits", "LocatedYaml", "Path_", "format_path", "load_yaml",
-           "read_yaml"]
+__all__ = ["LIMITS", "Limits", "LocatedYaml", "load_yaml", "read_yaml"]
