@@ -40,7 +40,7 @@ NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
 NODE_PORT, BLACKBOX_PORT = 9100, 9115
 INTERVAL_S = 30.0
 CMON = str(Path(sys.executable).with_name("cmon"))
-# The agent's environment as the systemd unit sets it (agent/service/systemd/commune-monitor-agent.service).
+# The agent's environment as the systemd unit sets it (cmon/service/systemd/commune-monitor-agent.service).
 AGENT_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> None:
         (work / "scrape.json").write_text(json.dumps(bb_probes))
 
         code = Path(args.agent_code).resolve()
-        agent = start(lab, "pc", [sys.executable, "-m", "agent.cli", "--log-level", "warning", "agent", "run", "-c",
+        agent = start(lab, "pc", [sys.executable, "-m", "cmon", "--log-level", "warning", "agent", "run", "-c",
                                   str(agent_yaml)], work / "agent.log", cwd=work,
                       env=dict(os.environ, PYTHONPATH=str(code), **AGENT_ENV))
         node = start(lab, "pc", [NODE_EXPORTER_BIN, f"--web.listen-address=127.0.0.1:{NODE_PORT}"], work / "node.log")

@@ -74,7 +74,7 @@ def probe_samples(workdir: Path) -> dict[str, list[dict]]:
 
 
 def _cmon_probe(config: Path) -> list[dict]:
-    run = subprocess.run([sys.executable, "-m", "agent.cli", "probe", "-c", str(config), "--json"],
+    run = subprocess.run([sys.executable, "-m", "cmon", "probe", "-c", str(config), "--json"],
                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
 

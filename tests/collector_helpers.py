@@ -124,7 +124,7 @@ class CollectorProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "CollectorProcess":
-        code = f"{self.prelude}\nimport sys\nfrom agent.cli import main\nsys.exit(main(['--log-level', 'info', " \
+        code = f"{self.prelude}\nimport sys\nfrom cmon.cli import main\nsys.exit(main(['--log-level', 'info', " \
                f"'collector', 'run', '-c', {str(self.path)!r}]))"
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=log)

@@ -148,12 +148,12 @@ class Pipeline:
     def enroll(self) -> None:
         """`cmon collector token create` → `cmon agent enroll` with the token on stdin."""
         token = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "collector", "token", "create", "-c", str(self.collector.path),
+            [sys.executable, "-m", "cmon", "collector", "token", "create", "-c", str(self.collector.path),
              "--commune", COMMUNE, "--ttl", "10m"],
             cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         done = self.agent_ns.call(
             subprocess.run,
-            [sys.executable, "-m", "agent.cli", "agent", "enroll", "-c", str(self.config_path), "--allow-http"],
+            [sys.executable, "-m", "cmon", "agent", "enroll", "-c", str(self.config_path), "--allow-http"],
             cwd=ROOT, input=token + "\n", capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         mode = (self.config_path.parent / "credential.json").stat().st_mode & 0o777
@@ -165,7 +165,7 @@ class Pipeline:
         with open(self.agent_log, "ab") as log:
             process = self.agent_ns.call(
                 subprocess.Popen,
-                [sys.executable, "-m", "agent.cli", "--log-level", "info", "agent", "run", "-c",
+                [sys.executable, "-m", "cmon", "--log-level", "info", "agent", "run", "-c",
                  str(self.config_path)],
                 cwd=ROOT, stdout=log, stderr=log, env=env)
         agent = AgentProcess(process, time.time())

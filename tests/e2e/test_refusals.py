@@ -23,7 +23,7 @@ def test_revoked_agent_is_refused_keeps_spooling_and_delivers_after_reenrollment
     """`cmon collector revoke` while the agent runs: 403, nothing written for 6 s (6 rounds), nothing lost."""
     pipeline.start_agent()
     time.sleep(3)
-    revoke = subprocess.run([sys.executable, "-m", "agent.cli", "collector", "revoke", "-c",
+    revoke = subprocess.run([sys.executable, "-m", "cmon", "collector", "revoke", "-c",
                              str(pipeline.collector.path), AGENT_ID], cwd=ROOT, capture_output=True, text=True)
     assert revoke.returncode == 0, revoke.stderr
     time.sleep(1.5)  # a request in flight at the revocation completes

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
+from cmon import cli
 
 BAD_CONFIGS = Path(__file__).parent / "testdata" / "bad-configs"
 
@@ -158,12 +158,12 @@ def test_probe_table_for_people(tmp_path: Path, capsys, listening_port, closed_p
 
 
 def test_the_console_script_entry_point(tmp_path: Path, listening_port: int) -> None:
-    version = subprocess.run([sys.executable, "-m", "agent.cli", "--version"], capture_output=True, text=True)
+    version = subprocess.run([sys.executable, "-m", "cmon", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("cmon ")
-    usage = subprocess.run([sys.executable, "-m", "agent.cli", "probe"], capture_output=True, text=True)
+    usage = subprocess.run([sys.executable, "-m", "cmon", "probe"], capture_output=True, text=True)
     assert usage.returncode == 2 and "-c/--config" in usage.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "check-config", "empty.yaml"], capture_output=True, text=True, cwd=BAD_CONFIGS
+        [sys.executable, "-m", "cmon", "check-config", "empty.yaml"], capture_output=True, text=True, cwd=BAD_CONFIGS
     )
     assert bad.returncode == 2
     assert bad.stderr == "empty.yaml:1: the file is empty: it needs at least the keys agent: and services:\nempty.yaml: 1 error\n"

@@ -107,7 +107,7 @@ def test_cli_token_create_and_revoke(tmp_path):
                                     "listen": {"allow_http": True}, "database": {"url": "http://127.0.0.1:8428"}}))
 
     def cmon(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "agent.cli", "collector", *args], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "cmon", "collector", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
 
     made = cmon("token", "create", "-c", str(path), "--commune", "dong-loc", "--ttl", "2h")

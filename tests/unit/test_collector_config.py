@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent import cli
+from cmon import cli
 from collector.config import CollectorConfigError, load_config, parse_config
 from collector.lineproto import LineProtocolError, line
 from collector.validate import SeriesCap

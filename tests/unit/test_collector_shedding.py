@@ -165,7 +165,7 @@ async def test_revoked_by_another_process_is_refused_within_a_second(tmp_path):
         headers = {"Authorization": f"Bearer {cred}", "Content-Encoding": "gzip"}
         async with client.post("/api/v1/heartbeat", data=raw, headers=headers) as response:
             assert response.status == 200  # now cached
-        done = subprocess.run([sys.executable, "-m", "agent.cli", "collector", "revoke", "-c", str(config_path),
+        done = subprocess.run([sys.executable, "-m", "cmon", "collector", "revoke", "-c", str(config_path),
                                "dong-loc/quay-09"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         status = 0

@@ -57,7 +57,7 @@ def run_measured(argv: list[str], cwd: Path) -> tuple[int, str, float]:
                                     "bad-collector-configs/alias-bomb.yaml"])
 def test_check_config_on_hostile_files_exits_2_quickly_in_little_memory(config: str) -> None:
     path = TESTDATA / config
-    status, err, peak_mb = run_measured([sys.executable, "-m", "agent.cli", "check-config", path.name], path.parent)
+    status, err, peak_mb = run_measured([sys.executable, "-m", "cmon", "check-config", path.name], path.parent)
     assert status == 2, err
     assert "Traceback" not in err
     assert err.splitlines() == [*path.with_suffix(".expected").read_text(encoding="utf-8").splitlines(),

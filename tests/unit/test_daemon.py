@@ -83,7 +83,7 @@ def write_config(tmp_path: Path, url: str, port: int) -> Path:
 
 async def start_agent(config: Path, *python: str) -> asyncio.subprocess.Process:
     """Start `cmon agent run` (or `python <python...> agent run`: the same entry point with a fault injected)."""
-    argv = python or ("-m", "agent.cli")
+    argv = python or ("-m", "cmon")
     return await asyncio.create_subprocess_exec(sys.executable, *argv, "--log-level", "info", "agent", "run",
                                                 "-c", str(config), stderr=asyncio.subprocess.PIPE)
 
@@ -176,7 +176,7 @@ FAULTY = textwrap.dedent("""
             raise RuntimeError(f"unforeseen bug #{calls['n']}")
         return real(self, max_rows)
     spool.Spool.next_batch = next_batch
-    from agent.cli import main
+    from cmon.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 

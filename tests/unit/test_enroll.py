@@ -108,7 +108,7 @@ async def test_cli_enroll_reads_the_token_from_stdin(collector, tmp_path: Path) 
     )
     pin = fingerprint(Path(pki.province_root).read_text())
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "agent", "enroll", "-c", str(config), "--ca-fingerprint", pin,
+        sys.executable, "-m", "cmon", "agent", "enroll", "-c", str(config), "--ca-fingerprint", pin,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(TOKEN.encode() + b"\n"), 30)

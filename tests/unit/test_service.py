@@ -1,4 +1,4 @@
-"""Tests for agent.service: the systemd units (checked by systemd-analyze), install/uninstall into a temp root,
+"""Tests for cmon.service: the systemd units (checked by systemd-analyze), install/uninstall into a temp root,
 `cmon service`, and the Windows back-end's logic with pywin32 faked (it is imported only on Windows)."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
-from agent.service import ServiceError, install, status, uninstall
-from agent.service import systemd
+from cmon import cli
+from cmon.service import ServiceError, install, status, uninstall
+from cmon.service import systemd
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(not ANALYZE, reason="systemd-analyze missing (Debian package systemd)")
@@ -101,7 +101,7 @@ def test_agent_unit_exposure_is_low(tmp_path):
 
 def test_agent_unit_runs_unprivileged_with_only_cap_net_raw():
     unit = directives(systemd.render("agent", config=CONFIG, python="/opt/commune-monitor/bin/python"))
-    assert unit["ExecStart"] == [f"/opt/commune-monitor/bin/python -m agent.cli --log-level info agent run -c {CONFIG}"]
+    assert unit["ExecStart"] == [f"/opt/commune-monitor/bin/python -m cmon --log-level info agent run -c {CONFIG}"]
     assert unit["User"] == unit["Group"] == ["cmon"]
     assert unit["AmbientCapabilities"] == unit["CapabilityBoundingSet"] == ["CAP_NET_RAW"]
     assert unit["StateDirectory"] == ["commune-monitor"]
@@ -115,7 +115,7 @@ def test_agent_unit_runs_unprivileged_with_only_cap_net_raw():
 def test_exec_arguments_are_quoted_and_escaped():
     text = systemd.render("agent", config="/etc/commune monitor/100%$.yaml", python="/opt/cmon venv/bin/python")
     assert directives(text)["ExecStart"] == [
-        '"/opt/cmon venv/bin/python" -m agent.cli --log-level info agent run -c "/etc/commune monitor/100%%$$.yaml"']
+        '"/opt/cmon venv/bin/python" -m cmon --log-level info agent run -c "/etc/commune monitor/100%%$$.yaml"']
     with pytest.raises(ServiceError, match="not a valid user name"):
         systemd.render("agent", config=CONFIG, python="/usr/bin/python3", user="cmon\nUser=root")
 
@@ -214,7 +214,7 @@ def test_cmon_service_commands(root, capsys):
 
 
 def test_the_agent_command_the_unit_runs_exists():
-    argv = [sys.executable, "-m", "agent.cli", "agent", "run", "--help"]
+    argv = [sys.executable, "-m", "cmon", "agent", "run", "--help"]
     assert subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
 
 
@@ -225,11 +225,11 @@ def test_systemd_is_not_pid1_here_so_nothing_is_started():
 
 
 def test_importing_the_service_package_on_linux_imports_nothing_windows_only():
-    code = ("import sys, agent.cli, agent.service, agent.service.systemd, agent.service.command\n"
-            "from agent.service import backend\n"
-            "assert backend().__name__ == 'agent.service.systemd'\n"
+    code = ("import sys, cmon.cli, cmon.service, cmon.service.systemd, cmon.service.command\n"
+            "from cmon.service import backend\n"
+            "assert backend().__name__ == 'cmon.service.systemd'\n"
             "bad = sorted(m for m in sys.modules if m.startswith(('win32', 'pywintypes', 'servicemanager'))"
-            " or m == 'agent.service.windows')\n"
+            " or m == 'cmon.service.windows')\n"
             "print(bad)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parents[2])
@@ -238,7 +238,7 @@ def test_importing_the_service_package_on_linux_imports_nothing_windows_only():
 
 @pytest.fixture
 def windows(monkeypatch):
-    """agent.service.windows imported against a fake pywin32 (only the names it uses)."""
+    """cmon.service.windows imported against a fake pywin32 (only the names it uses)."""
     reported: list[tuple[int, int]] = []
 
     class ServiceFramework:
@@ -259,11 +259,11 @@ def windows(monkeypatch):
     }
     for name, fake in fakes.items():
         monkeypatch.setitem(sys.modules, name, fake)
-    monkeypatch.delitem(sys.modules, "agent.service.windows", raising=False)
-    module = importlib.import_module("agent.service.windows")
+    monkeypatch.delitem(sys.modules, "cmon.service.windows", raising=False)
+    module = importlib.import_module("cmon.service.windows")
     module.reported = reported
     yield module
-    sys.modules.pop("agent.service.windows", None)
+    sys.modules.pop("cmon.service.windows", None)
 
 
 def test_windows_service_stops_cleanly_on_stop_and_on_preshutdown(windows):

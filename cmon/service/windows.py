@@ -1,6 +1,6 @@
 """The Windows back-end: the agent as a pywin32 service on a counter PC (`cmon service install -c FILE`).
 
-Imported only on Windows, by agent.service.backend(); pywin32 is a Windows-only dependency. Untested on Linux
+Imported only on Windows, by cmon.service.backend(); pywin32 is a Windows-only dependency. Untested on Linux
 beyond its logic (tests/unit/test_service.py fakes pywin32). The service runs the same entry point as the Linux
 daemon, found by name so this module stays thin:
 
@@ -28,7 +28,7 @@ import servicemanager  # pywin32
 import win32service
 import win32serviceutil
 
-from agent.service import Report, ServiceError  # absolute: pythonservice.exe loads this file as a top-level module
+from cmon.service.report import Report, ServiceError  # absolute: pythonservice.exe loads this file as a top-level module
 
 SERVICE_NAME = "CommuneMonitorAgent"
 ENTRY_MODULES = ("agent.daemon", "agent.service_main")

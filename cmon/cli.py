@@ -1,9 +1,10 @@
-"""The `cmon` command: `cmon check-config FILE...`, `cmon probe -c FILE [--target N] [--line L] [--json]`.
+"""The `cmon` command's root: `cmon check-config FILE...`, `cmon probe -c FILE [--target N] [--line L] [--json]`,
+and the other packages' subcommands (`cmon agent ...`, cmon/agent_commands.py; `cmon collector ...`,
+cmon/collector_commands.py; `cmon service ...`, cmon/service/command.py).
 
 Exit status: 0 all good; 1 a probe is down; 2 the config or the command line is wrong. Each subcommand is a
-`cmd_*` function taking the parsed arguments and returning the exit status, so later commands
-(`cmon agent run`, `cmon collector run`, `cmon service install`) add a subparser and a function.
-See docs/cli.md.
+`cmd_*` function taking the parsed arguments and returning the exit status, so later commands add a subparser
+and a function. This package is the only one that sees every other (docs/architecture.md). See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from pathlib import Path
-
+from agent import config as agent_config
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.render import json_lines, table
+from agent.runner import plan, run_once
 from collector import config as collector_config
-from core.version import package_version
-
-from . import config as agent_config
-from .config import AgentConfig, ConfigError, load_config
 from core.config.issues import ConfigIssue, suggest
 from core.config.loader import LocatedYaml, read_yaml
-from .daemon import add_commands as add_agent_commands
-from .render import json_lines, table
-from .runner import plan, run_once
+from core.version import package_version
+
+from .agent_commands import add_commands as add_agent_commands
+from .collector_commands import add_commands as add_collector_commands
 from .service.command import add_parser as add_service_command
-from collector.cli import add_commands as add_collector_commands
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
 
@@ -36,15 +36,10 @@ class UsageError(Exception):
     """A command-line mistake the user can fix; the message says how."""
 
 
-def version() -> str:
-    """Return the installed package version."""
-    return package_version()
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the `cmon` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="cmon", description="Monitor a commune service center's lines and services.")
-    parser.add_argument("--version", action="version", version=f"cmon {version()}")
+    parser.add_argument("--version", action="version", version=f"cmon {package_version()}")
     parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
         help="how much to log on stderr (default: warning)",

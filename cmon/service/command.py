@@ -1,9 +1,11 @@
-"""`cmon service install|uninstall|status`: the command-line face of agent.service (see docs/install.md)."""
+"""`cmon service install|uninstall|status`: the command-line face of cmon.service (see docs/install.md)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from . import ServiceError, install, status, uninstall
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,8 +33,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def cmd_service(args: argparse.Namespace) -> int:
     """Run the service action; print what was done, warnings and the commands left to run."""
-    from . import ServiceError, install, status, uninstall
-
     options = {"root": args.root} if args.root else {}
     try:
         if args.action == "install":

@@ -1,5 +1,5 @@
 """`cmon collector run -c FILE`, `cmon collector token create -c FILE --commune X [--ttl 24h]`,
-`cmon collector revoke -c FILE AGENT`: the functions behind them and `add_commands(subparsers)`."""
+`cmon collector revoke -c FILE AGENT`: the functions behind them and `add_commands(subparsers)` (docs/collector.md)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import asyncio
 import sys
 from pathlib import Path
 
+from collector.auth import Auth
+from collector.config import CollectorConfig, CollectorConfigError, load_config, parse_ttl
+from collector.db import connect
 from core.tls import fingerprint
-
-from .auth import Auth
-from .config import CollectorConfig, CollectorConfigError, load_config, parse_ttl
-from .db import connect
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -30,7 +29,7 @@ def run(path: str) -> int:
     config = _load(path)
     if config is None:
         return EXIT_USAGE
-    from .app import serve  # aiohttp and influxdb_client only for this command
+    from collector.app import serve  # aiohttp and influxdb_client only for this command
 
     asyncio.run(serve(config))
     return EXIT_OK

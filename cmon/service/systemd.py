@@ -1,6 +1,6 @@
 """The Linux back-end: a hardened systemd unit running `cmon agent run` (or `cmon collector run`) unprivileged.
 
-`install` renders agent/service/systemd/<unit>.service, writes it to /etc/systemd/system (mode 0644), makes the
+`install` renders cmon/service/systemd/<unit>.service, writes it to /etc/systemd/system (mode 0644), makes the
 config dir /etc/commune-monitor (0750, group `cmon`, so the service reads its config and credential but cannot
 change them), creates the system user `cmon` when asked, and checks that the config's spool lands in the state
 dir, the only place ProtectSystem=strict lets the service write. `systemctl daemon-reload` and `enable --now`
@@ -19,7 +19,7 @@ from pathlib import Path
 from string import Template
 from typing import Callable
 
-from . import Report, ServiceError
+from .report import Report, ServiceError
 
 UNITS = {"agent": "commune-monitor-agent.service", "collector": "commune-monitor-collector.service"}
 STATE_DIRS = {"agent": "/var/lib/commune-monitor", "collector": "/var/lib/commune-monitor-collector"}
@@ -224,7 +224,7 @@ def _path_warnings(root: Path, config: Path, python: str, role: str, user: str,
 
 def _agent_warnings(root: Path, config: Path, user: str, ids: tuple[int, int] | None) -> list[str]:
     """Check that the agent's spool is in the state dir and its credential readable by the service user."""
-    from ..config import ConfigError, load_config  # loads the probe modules: only when installing an agent
+    from agent.config import ConfigError, load_config  # loads the probe modules: only when installing an agent
 
     try:
         loaded = load_config(_host(root, config))
