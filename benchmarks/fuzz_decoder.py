@@ -15,7 +15,7 @@ The seed corpus is a few valid batches of the standard profile (compact, as the 
 with every wire addition (`lost`, the agent's health and tasks), plus heartbeats and enrollments; a libFuzzer
 dictionary of JSON tokens and values at our limits guides the mutations. Extra arguments are libFuzzer's
 (`-max_total_time`, `-jobs`, `-runs`, a corpus folder of your own...). The same invariants run in CI as
-hypothesis properties (tests/unit/test_collector_fuzz.py); this finds what random generation does not reach.
+hypothesis properties (tests/unit/collector/test_collector_fuzz.py); this finds what random generation does not reach.
 """
 
 from __future__ import annotations

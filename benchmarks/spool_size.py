@@ -49,7 +49,7 @@ def probe_samples(workdir: Path) -> dict[str, list[dict]]:
     if reason:
         sys.exit(f"cannot run the loopback province: {reason} (or pass --samples FILE)")
     text = (REPO_ROOT / "configs" / "lab.yaml").read_text(encoding="utf-8")
-    for address in PROVINCE_ADDRESSES.values():  # the same move as tests/unit/test_cli.py
+    for address in PROVINCE_ADDRESSES.values():  # the same move as tests/unit/cmon/test_cli.py
         text = text.replace(f"198.51.100.{address.rsplit('.', 1)[1]}", address)
     text = text.replace("198.51.100.80", "127.0.0.80").replace("10.20.0.11", "127.0.0.2")
     config = workdir / "lab.yaml"

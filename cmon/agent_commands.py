@@ -11,6 +11,7 @@ import sys
 
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.daemon import run_agent
+from agent.enroll import EnrollError, enroll_and_save
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -49,8 +50,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll; exit 0 with the credential saved, 1 when the collector refused, 2 for a bad config."""
-    from agent.enroll import EnrollError, enroll_and_save  # aiohttp's client: only when enrolling
-
     config = _load(args.config)
     if config is None:
         return 2

@@ -18,7 +18,7 @@ Same contract as `collector.validate.check_ingest` (docs/wire.md), at a fraction
 
 Whatever the fast path refuses is validated again by `check_ingest`, whose message (the first problem, in order)
 is the one the agent gets; the fast path never accepts what `check_ingest` refuses (tests/unit/
-test_collector_decode.py checks both give the same answer).
+collector/test_collector_decode.py checks both give the same answer).
 """
 
 from __future__ import annotations

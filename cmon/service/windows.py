@@ -1,7 +1,7 @@
 """The Windows back-end: the agent as a pywin32 service on a counter PC (`cmon service install -c FILE`).
 
 Imported only on Windows, by cmon.service.backend(); pywin32 is a Windows-only dependency. Untested on Linux
-beyond its logic (tests/unit/test_service.py fakes pywin32). The service runs the same entry point as the Linux
+beyond its logic (tests/unit/cmon/test_service.py fakes pywin32). The service runs the same entry point as the Linux
 daemon, found by name so this module stays thin:
 
     async agent.daemon.run_agent(config: AgentConfig, stop: asyncio.Event | None = None)   (or agent.service_main)

@@ -14,9 +14,9 @@ from collector.config import CollectorConfigError, load_config, parse_config
 from collector.lineproto import LineProtocolError, line
 from collector.validate import SeriesCap
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BASE = {"province": "ha-tinh", "database": {"url": "http://127.0.0.1:8428"}}
-TESTDATA = Path(__file__).parent / "testdata" / "bad-collector-configs"
+TESTDATA = Path(__file__).parents[1] / "testdata" / "bad-collector-configs"
 BAD_CONFIGS = sorted(TESTDATA.glob("*.yaml"))
 
 

@@ -232,7 +232,7 @@ def test_importing_the_service_package_on_linux_imports_nothing_windows_only():
             " or m == 'cmon.service.windows')\n"
             "print(bad)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[2])
+                            cwd=Path(__file__).resolve().parents[3])
     assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
 
 

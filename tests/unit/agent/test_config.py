@@ -17,8 +17,8 @@ from probes.registry import loadable as probe_modules
 from probes import registry
 from probes.base import TargetConfig
 
-TESTDATA = Path(__file__).parent / "testdata" / "bad-configs"
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TESTDATA = Path(__file__).parents[1] / "testdata" / "bad-configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 BAD_CONFIGS = sorted(TESTDATA.glob("*.yaml"))
 
 
@@ -211,7 +211,7 @@ def _probes_used(path: Path) -> set[str]:
     return {t["probe"] for targets in data["services"].values() for t in targets}
 
 
-# Agent configs; collector-*.yaml are the collector's, validated by tests/unit/test_collector_config.py.
+# Agent configs; collector-*.yaml are the collector's, validated by tests/unit/collector/test_collector_config.py.
 AGENT_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("collector"))
 
 

@@ -9,7 +9,7 @@ import pytest
 from probes.base import TargetConfig
 from probes.registry import PROBE_MODULES, probe_module
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "probes"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "probes"
 SECTIONS = ("## Configuration", "## Fields", "## Results", "## Example output", "## Privileges")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from cmon import cli
 
-BAD_CONFIGS = Path(__file__).parent / "testdata" / "bad-configs"
+BAD_CONFIGS = Path(__file__).parents[1] / "testdata" / "bad-configs"
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_probe_the_lab_config_against_the_real_province(province, tmp_path: Path
     missing = {"http", "tcp", "tls", "icmp", "smtp", "imap", "dns"} - set(probe_modules()[0])
     if missing:
         pytest.skip(f"probe modules not available in this tree yet: {sorted(missing)}")
-    text = (Path(__file__).resolve().parents[2] / "configs" / "lab.yaml").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[3] / "configs" / "lab.yaml").read_text(encoding="utf-8")
     for role, address in PROVINCE_ADDRESSES.items():
         text = text.replace(f"198.51.100.{address.rsplit('.', 1)[1]}", address)
     text = text.replace("198.51.100.80", "127.0.0.80").replace("10.20.0.11", "127.0.0.2")

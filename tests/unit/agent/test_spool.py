@@ -27,7 +27,7 @@ from agent.spool import DamagedRow, Spool, SpoolBatch, SpoolWriteError
 from disk_helpers import fill, tmpfs
 from core.measurement import RESULTS, Measurement
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TAGS = {"service": "ioffice", "target": "ioffice-web", "probe": "http", "line": "primary",
         "province": "ha-tinh", "commune": "dong-loc", "agent": "quay-01"}
 
@@ -241,7 +241,7 @@ CHILD = textwrap.dedent("""
     import sys
     sys.path[:0] = [sys.argv[3], sys.argv[3] + "/tests"]
     from agent.spool import Spool
-    from tests.unit.test_spool import rows
+    from tests.unit.agent.test_spool import rows
     spool = Spool(sys.argv[1], max_bytes=int(sys.argv[2]))
     print("id", spool.spool_id, flush=True)
     n = 0

@@ -8,7 +8,7 @@ import pytest
 
 from core.measurement import RESULT_CODES, RESULTS, Measurement
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 
 
 def test_fields_are_floats_and_result_code_is_added():

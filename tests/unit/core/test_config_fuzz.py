@@ -25,8 +25,8 @@ from core.config.loader import LocatedYaml, load_yaml
 from collector import config as collector_config
 from probes import registry
 
-TESTDATA = Path(__file__).parent / "testdata"
-ROOT = Path(__file__).resolve().parents[2]
+TESTDATA = Path(__file__).parents[1] / "testdata"
+ROOT = Path(__file__).resolve().parents[3]
 FILE = "fuzz.yaml"
 MB = 1024 * 1024
 

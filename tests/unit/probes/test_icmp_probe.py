@@ -23,7 +23,7 @@ from core.measurement import Measurement
 
 from probe_helpers import make_expected, make_strip
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TIMING = {"duration_ms", "rtt_ms", "rtt_avg_ms", "rtt_min_ms", "rtt_max_ms", "jitter_ms"}
 strip = make_strip(TIMING)
 expected = make_expected("internet", "icmp")
