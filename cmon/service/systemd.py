@@ -2,8 +2,8 @@
 
 `install` renders cmon/service/systemd/<unit>.service, writes it to /etc/systemd/system (mode 0644), makes the
 config dir /etc/commune-monitor (0750, group `cmon`, so the service reads its config and credential but cannot
-change them), creates the system user `cmon` when asked, and checks that the config's spool lands in the state
-dir, the only place ProtectSystem=strict lets the service write. `systemctl daemon-reload` and `enable --now`
+change them), creates the system user `cmon` when asked, and checks that the config's spool (the collector's
+`data_dir`) lands in the state dir, the only place ProtectSystem=strict lets the service write. `systemctl daemon-reload` and `enable --now`
 run only when systemd is PID 1; otherwise (a container, a chroot, an image being built, a `root=` other than
 `/`) the report says what to run. `root=` installs into another tree, as packaging and the tests do.
 """
@@ -219,7 +219,25 @@ def _path_warnings(root: Path, config: Path, python: str, role: str, user: str,
     ]
     if role == "agent":
         warnings += _agent_warnings(root, config, user, ids)
+    else:
+        warnings += _collector_warnings(root, config)
     return warnings
+
+
+def _collector_warnings(root: Path, config: Path) -> list[str]:
+    """Check that the collector's state (`data_dir`) is in its state dir, the only place it may write."""
+    from collector.config import CollectorConfigError, load_config
+
+    try:
+        loaded = load_config(_host(root, config))
+    except CollectorConfigError as exc:
+        return [f"{config} has {len(exc.issues)} error(s): run `cmon check-config {config}`"]
+    state = Path(STATE_DIRS["collector"])
+    data_dir = _target(root, Path(loaded.data_dir))
+    if data_dir.is_relative_to(state):
+        return []
+    return [f"the collector's state (data_dir) would be in {data_dir}, which the service cannot write "
+            f"(ProtectSystem=strict): set `data_dir: {state}` in {config}"]
 
 
 def _agent_warnings(root: Path, config: Path, user: str, ids: tuple[int, int] | None) -> list[str]:
