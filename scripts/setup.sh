@@ -15,6 +15,7 @@ APT_PACKAGES=(
   prometheus-blackbox-exporter                    # benchmark peer
   prometheus-node-exporter                        # benchmark peer (agent footprint)
   systemd                                         # systemd-analyze verify for the unit files
+  debootstrap systemd-container                   # tests/system: a Debian tree booted with systemd-nspawn
   faketime                                        # e2e tests: an agent whose clock is 10 minutes wrong
   openssl ca-certificates git
 )
