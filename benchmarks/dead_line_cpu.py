@@ -43,7 +43,8 @@ from typing import Any
 import yaml
 
 from lab import Lab, LabError
-from lab.stack import CMON, COLLECTOR_PORT, ProvinceStack, lab_profile
+from lab import stack as lab_stack
+from lab.stack import COLLECTOR_PORT, ProvinceStack, lab_profile
 from benchmarks.agent_footprint import AGENT_ENV, cpu_s, tree
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, command_line, fmt, md_table
 
@@ -216,16 +217,29 @@ def collector_pid(lab: Lab) -> int:
     raise LabError("the collector process is not among the lab's processes")
 
 
+def cmon_for(code: Path, where: Path) -> str:
+    """Write a `cmon` that runs the command line of source tree `code` (its entry point moved: agent.cli → cmon).
+
+    `-P`: the working directory (the checkout, for the collector) must not come before the tree on sys.path.
+    """
+    module = "cmon" if (code / "cmon" / "__main__.py").exists() else "agent.cli"
+    script = where / "cmon"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH={code} exec {sys.executable} -P -m {module} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
 def soak_side(args: argparse.Namespace) -> None:
     """One side of the soak in its own lab; writes its samples as JSON to args.out."""
     code = Path(args.code).resolve()
-    os.environ["PYTHONPATH"] = str(code)  # every `cmon` the stack starts imports the product from `code`
     with Lab() as lab:
+        # Every `cmon` the stack starts (collector, token, enroll) runs the tree's own command line.
+        lab_stack.CMON = cmon = cmon_for(code, Path(lab.workdir))
         stack = ProvinceStack(lab).start()
         config = stack.agent_config()
         stack.enroll(config)
         with open(stack.work / "agent.log", "ab") as log:
-            agent = lab.popen("pc", [CMON, "--log-level", "warning", "agent", "run", "-c", str(config)],
+            agent = lab.popen("pc", [cmon, "--log-level", "warning", "agent", "run", "-c", str(config)],
                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=stack.work,
                               env=code_env(code, **AGENT_ENV))
         collector = collector_pid(lab)
