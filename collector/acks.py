@@ -33,6 +33,8 @@ from typing import Callable
 
 from core.ranges import Range, insert, merge, size, subtract, touching
 
+from .db import migrate, transaction
+
 MAX_REPORTED = 10_000  # separate evicted (or lost) ranges per spool; a real agent's merge into a handful
 # Separate acknowledged ranges per spool. A real agent's acks have a gap only while backlog (oldest first) and
 # live data (newest first) are both being shipped — a few at once — and, for good, where the collector refused
@@ -44,24 +46,12 @@ MAX_ACKED = 10_000
 MAX_SPOOLS = 16
 SPOOL_IDLE_S = 86_400.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS acked (agent TEXT NOT NULL, spool TEXT NOT NULL, first INTEGER NOT NULL,
-    last INTEGER NOT NULL, PRIMARY KEY (agent, spool, first));
-CREATE TABLE IF NOT EXISTS evicted (agent TEXT NOT NULL, spool TEXT NOT NULL, first INTEGER NOT NULL,
-    last INTEGER NOT NULL, PRIMARY KEY (agent, spool, first));
-CREATE TABLE IF NOT EXISTS lost (agent TEXT NOT NULL, spool TEXT NOT NULL, first INTEGER NOT NULL,
-    last INTEGER NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (agent, spool, reason, first));
-CREATE TABLE IF NOT EXISTS spools (agent TEXT NOT NULL, spool TEXT NOT NULL, last_ms INTEGER NOT NULL,
-    PRIMARY KEY (agent, spool));
-"""
-
-
 class Acks:
     """The ranges tables, cached in memory; `record()` is a grouped, durable commit."""
 
     def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
         self.conn = conn
-        conn.executescript(SCHEMA)
+        migrate(conn)  # the tables are collector.db's
         self.clock = clock  # wall clock: the spools' last activity is kept in the file across restarts
         self._cache: dict[str, dict[tuple[str, str], list[Range]]] = {"acked": {}, "evicted": {}}
         self._lost: dict[tuple[str, str], dict[str, list[Range]]] = {}  # by reason, each merged
@@ -238,9 +228,7 @@ class Acks:
 
     def _commit(self, changes: dict[tuple[str, tuple[str, str], str | None], list]) -> None:
         """Write the merged ranges that changed: each replaces the rows it covers (never a whole list)."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) as conn:
             for (table, (agent, spool), reason), ranges in changes.items():
                 if table == "spools":
                     conn.execute("INSERT INTO spools (agent, spool, last_ms) VALUES (?, ?, ?) ON CONFLICT "
@@ -262,10 +250,6 @@ class Acks:
                     conn.executemany(f"INSERT INTO {table} (agent, spool, first, last) VALUES (?, ?, ?, ?) "
                                      "ON CONFLICT (agent, spool, first) DO UPDATE SET last = max(last, excluded.last)",
                                      [(agent, spool, a, b) for a, b in ranges])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 __all__ = ["Acks", "MAX_ACKED", "MAX_REPORTED", "MAX_SPOOLS", "SPOOL_IDLE_S"]

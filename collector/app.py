@@ -1,8 +1,9 @@
 """The collector's aiohttp application: `create_app(config)`, and `serve(config)` to run it.
 
-State lives under typed `web.AppKey`s (collector.app_keys); the SQLite connections, the database writer and the
-registry flusher start and stop through `cleanup_ctx`. Run it with `runner_kwargs(config)`: `auto_decompress=False`
-(the ingest route gunzips by itself, with a cap, after authentication) and `keepalive_timeout` =
+State lives under typed `web.AppKey`s (collector.app_keys); the SQLite connections (the state file migrated to
+the current schema first: collector.db), the database writer and the registry flusher start and stop through
+`cleanup_ctx`. Run it with `runner_kwargs(config)`: `auto_decompress=False` (the ingest route gunzips by itself,
+with a cap, after authentication) and `keepalive_timeout` =
 `limits.keepalive` (75 s) instead of aiohttp's 3,630 s, so a connection whose agent vanished (a line cut mid-
 connection sends no FIN) is closed within that bound instead of holding a file descriptor for an hour.
 aiohttp ≥ 3.14 also starts that timer when a connection opens and closes it if no complete request (headers)
@@ -28,7 +29,7 @@ from .admission import Admission, Enrollments
 from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, METRICS, REGISTRY, SERIES, WRITER
 from .auth import Auth
 from .config import CollectorConfig
-from .db import connect
+from .db import SCHEMA_VERSION, connect, migrate
 from .metrics import Metrics
 from .registry import Registry
 from .validate import SeriesCap
@@ -71,12 +72,19 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     path = config.db_path()
     conns = [connect(path) for _ in range(3)]  # one each: acks commit from a worker thread
+    try:
+        before = migrate(conns[0])  # SchemaError for a file from a newer collector: nothing is served
+    except BaseException:
+        for conn in conns:
+            conn.close()
+        raise
     app[AUTH] = Auth(conns[0], config.province)
     app[ACKS] = Acks(conns[1])
     app[REGISTRY] = registry = Registry(conns[2])
     app[WRITER] = writer = Writer(config.database)
     flusher = asyncio.create_task(_flush_forever(registry))
-    log.info("collector state in %s, database %s", path, config.database.url)
+    log.info("collector state in %s (schema version %d, was %d), database %s", path, SCHEMA_VERSION, before,
+             config.database.url)
     try:
         yield
     finally:

@@ -25,22 +25,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .db import migrate, transaction
+
 TOKEN_KIND, CREDENTIAL_KIND = "cmt", "cmc"
 AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")  # \Z: `$` would let "quay-01\n" through
 _DUMMY = hashlib.sha256(b"no such id").hexdigest()  # compared when the id is unknown: same work either way
 CACHE_TTL_S = 10.0  # a cached successful check is trusted this long
 CACHE_MAX = 50_000  # entries (one per live agent); the oldest goes first
 REVOKED_POLL_S = 1.0  # how often revocations by other processes are looked for
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    id TEXT PRIMARY KEY, hash TEXT NOT NULL, province TEXT NOT NULL, commune TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, used_ms INTEGER, used_by TEXT);
-CREATE TABLE IF NOT EXISTS credentials (
-    id TEXT PRIMARY KEY, hash TEXT NOT NULL, province TEXT NOT NULL, commune TEXT NOT NULL, agent TEXT NOT NULL,
-    created_ms INTEGER NOT NULL, revoked_ms INTEGER);
-CREATE INDEX IF NOT EXISTS credentials_agent ON credentials (commune, agent);
-"""
 
 
 class AuthError(Exception):
@@ -94,7 +86,7 @@ class Auth:
     def __init__(self, conn: sqlite3.Connection, province: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.conn = conn
         self.province = province
-        conn.executescript(SCHEMA)
+        migrate(conn)  # the tables are collector.db's
         self.clock = clock
         self._cache: dict[str, tuple[str, Identity, float]] = {}  # credential id → (stored hash, who, expiry)
         self._revoked = self._revoked_count()
@@ -149,9 +141,7 @@ class Auth:
             raise AuthError("unknown enrollment token")
         commune = row[1]
         ident, secret, credential = _new(CREDENTIAL_KIND)
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) as conn:
             used = conn.execute(
                 "UPDATE tokens SET used_ms = ?, used_by = ? WHERE id = ? AND used_ms IS NULL AND expires_ms > ?",
                 (now_ms, agent, parts[0], now_ms),
@@ -164,10 +154,6 @@ class Auth:
                 "INSERT INTO credentials (id, hash, province, commune, agent, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
                 (ident, _hash(secret), self.province, commune, agent, now_ms),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self.forget()  # the agent's previous credential was just revoked
         return credential, Identity(self.province, commune, agent)
 

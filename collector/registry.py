@@ -12,7 +12,7 @@ on its own, logged, counted (`refused`) and put back to what the file holds, and
 the next flushes, nor a clean shutdown. `stopped_cleanly` is 1 after a `stopping` heartbeat and 0 again at the
 agent's next request: a silent agent with 1 is a PC switched off, not a commune gone dark.
 
-A state file from an older collector gains the new columns at start (ALTER TABLE ADD COLUMN).
+The table and its migrations (an older file gains the later columns at start) are collector.db's.
 """
 
 from __future__ import annotations
@@ -24,22 +24,13 @@ import time
 from typing import Any, Mapping
 
 from .auth import Identity
+from .db import REGISTRY_ADDED as ADDED, migrate as _migrate, transaction
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("province", "commune", "agent", "hostname", "version", "config_version", "enrolled_ms", "last_seen_ms",
            "state", "stopped_cleanly", "clock_skew_ms", "spool_rows", "dropped_total", "egress", "health", "tasks",
            "task_restarts_total", "lost_total", "disk_free_bytes")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-    province TEXT NOT NULL, commune TEXT NOT NULL, agent TEXT NOT NULL, hostname TEXT, version TEXT,
-    config_version TEXT, enrolled_ms INTEGER, last_seen_ms INTEGER, state TEXT, stopped_cleanly INTEGER,
-    clock_skew_ms REAL, spool_rows REAL, dropped_total REAL, egress TEXT, health TEXT, tasks TEXT,
-    task_restarts_total INTEGER, lost_total INTEGER, disk_free_bytes INTEGER, PRIMARY KEY (commune, agent));
-"""
-# Columns added since the first schema: an older state file gains them at start.
-ADDED = {"health": "TEXT", "tasks": "TEXT", "task_restarts_total": "INTEGER", "lost_total": "INTEGER",
-         "disk_free_bytes": "INTEGER"}
 # The wire's "agent" block (checked by collector.validate.check_agent) → registry columns.
 _FROM_WIRE = {"clock_offset_ms": "clock_skew_ms", "spool_rows": "spool_rows", "dropped_total": "dropped_total",
               "version": "version", "config_version": "config_version", "health": "health",
@@ -50,14 +41,9 @@ _ROW_ERRORS = (UnicodeEncodeError, OverflowError, TypeError, ValueError, sqlite3
                sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)
 
 
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Create the agents table or add the columns an older one lacks; return the columns added."""
-    conn.executescript(SCHEMA)
-    present = {row[1] for row in conn.execute("PRAGMA table_info(agents)")}
-    added = [name for name in ADDED if name not in present]
-    for name in added:
-        conn.execute(f"ALTER TABLE agents ADD COLUMN {name} {ADDED[name]}")
-    return added
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the state file's schema up to date (collector.db.migrate); return the version it had."""
+    return _migrate(conn)
 
 
 class Registry:
@@ -65,9 +51,7 @@ class Registry:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        added = migrate(conn)
-        if added:
-            log.warning("fleet registry: added columns %s to the state file", ", ".join(added))
+        _migrate(conn)
         self._rows: dict[tuple[str, str], dict[str, Any]] = {}
         for row in conn.execute(f"SELECT {', '.join(COLUMNS)} FROM agents"):
             record = dict(zip(COLUMNS, row))
@@ -127,17 +111,15 @@ class Registry:
             return 0
         sql = f"INSERT OR REPLACE INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
         written, refused = 0, []
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            for key in sorted(dirty):
-                try:  # a failing statement leaves the transaction as it was: the other rows go on
-                    self.conn.execute(sql, tuple(self._rows[key][c] for c in COLUMNS))
-                    written += 1
-                except _ROW_ERRORS as exc:
-                    refused.append((key, exc))
-            self.conn.execute("COMMIT")
+            with transaction(self.conn) as conn:
+                for key in sorted(dirty):
+                    try:  # a failing statement leaves the transaction as it was: the other rows go on
+                        conn.execute(sql, tuple(self._rows[key][c] for c in COLUMNS))
+                        written += 1
+                    except _ROW_ERRORS as exc:
+                        refused.append((key, exc))
         except BaseException:  # the file itself failed (disk full, I/O): keep every row dirty for the next flush
-            self.conn.execute("ROLLBACK")
             self._dirty |= dirty
             raise
         for key, exc in refused:

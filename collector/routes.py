@@ -35,6 +35,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .admission import AGENT_RETRY_AFTER_S, ENROLL_RETRY_AFTER_S
 from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, METRICS, REGISTRY, SERIES, WRITER
@@ -102,7 +103,7 @@ def _deadline(request: web.Request) -> float:
 
 
 def _too_slow(request: web.Request, exc: TooSlow) -> web.Response:
-    request.app[METRICS].body_timeouts += 1
+    request.app[METRICS].body_timeouts_total.inc()
     log.info("request from %s: %s", request.remote, exc)
     response = error(408, str(exc))
     response.force_close()  # the client stalled: do not wait on this connection for another request
@@ -122,7 +123,7 @@ async def _limited(request: web.Request, handle: Callable[[web.Request, Identity
         return error(exc.status, str(exc))
     admission = request.app[ADMISSION]
     if not admission.claim(who.key):  # before the body: a stalled upload holds its own places only
-        request.app[METRICS].agent_limited += 1
+        request.app[METRICS].agent_limited_total.inc()
         return error(429, f"this agent already has {admission.per_agent} requests in progress: resend in "
                           f"{AGENT_RETRY_AFTER_S} s", **{"Retry-After": str(AGENT_RETRY_AFTER_S)})
     try:
@@ -142,7 +143,7 @@ async def _admitted(request: web.Request, who: Identity) -> web.Response:
     admission = app[ADMISSION]
     retry = await admission.enter(who.key)
     if retry is not None:  # overloaded: the body stays unread (aiohttp drains it, keeping the connection)
-        app[METRICS].shed += 1
+        app[METRICS].shed_total.inc()
         return error(503, f"the collector is busy: resend in {retry} s", **{"Retry-After": str(retry)})
     started = time.perf_counter()
     try:
@@ -162,45 +163,45 @@ async def _ingest(request: web.Request, who: Identity, deadline: float) -> web.R
         batch = decode_ingest(await read_body(request, limits.max_body, limits.max_decompressed, deadline), rules,
                               identity_suffix(who.province, who.commune, who.agent))
     except TooLarge as exc:
-        metrics.batches_refused["too_large"] += 1
+        metrics.batches_refused_total.labels("too_large").inc()
         return error(413, str(exc))
     except TooSlow as exc:
         return _too_slow(request, exc)
     except PayloadError as exc:
-        metrics.batches_refused["invalid"] += 1
+        metrics.batches_refused_total.labels("invalid").inc()
         log.info("refused a batch from %s: %s", who.key, exc)
         return error(400, str(exc))
     acks = app[ACKS]
     too_many = acks.claim(who.key, batch.spool)  # before anything (a lock, a cache entry) is kept for the spool
     if too_many:
-        metrics.batches_refused["spools"] += 1
+        metrics.batches_refused_total.labels("spools").inc()
         log.info("refused a batch from %s: %s", who.key, too_many)
         return error(400, too_many)
     async with acks.lock(who.key, batch.spool):
         full = acks.room(who.key, batch.spool, batch.evicted, batch.lost, (batch.first, batch.last))
         if full:
             log.info("refused a batch from %s: %s", who.key, full)
-            metrics.batches_refused["ranges"] += 1
+            metrics.batches_refused_total.labels("ranges").inc()
             return error(400, full)
         todo = acks.missing(who.key, batch.spool, batch.first, batch.last)
         body, count, samples = batch.body(todo)
-        metrics.lines_skipped += len(batch.lines) - count
+        metrics.lines_skipped_total.inc(len(batch.lines) - count)
         if count:
             try:
                 app[SERIES].admit(who.key, batch.series)
             except PayloadError as exc:
-                metrics.batches_refused["series_cap"] += 1
+                metrics.batches_refused_total.labels("series_cap").inc()
                 return error(400, str(exc))
             try:
                 seconds = await app[WRITER].write(body)
             except DatabaseUnavailable as exc:
-                metrics.db_errors += 1
+                metrics.db_errors_total.inc()
                 log.warning("database unavailable, batch %s/%s %d..%d not acknowledged: %s",
                             who.key, batch.spool, batch.first, batch.last, exc)
                 return error(503, "the database is unavailable: keep spooling and retry",
                              **{"Retry-After": str(limits.retry_after)})
             except DatabaseRejected as exc:
-                metrics.db_errors += 1
+                metrics.db_errors_total.inc()
                 log.error("%s", exc)
                 return error(500, "the database refused the batch: the province's administrator must look")
             metrics.written(count, samples, seconds)
@@ -210,8 +211,8 @@ async def _ingest(request: web.Request, who: Identity, deadline: float) -> web.R
         except Exception:  # noqa: BLE001 - written but not recorded: the resend is deduplicated by the database
             log.exception("cannot record the acknowledged range")
             return error(503, "cannot record the batch: retry", **{"Retry-After": str(limits.retry_after)})
-    metrics.evicted_seqs += evicted
-    metrics.lost_seqs += lost
+    metrics.evicted_seqs_total.inc(evicted)
+    metrics.lost_seqs_total.inc(lost)
     if lost:
         log.warning("%s spool %s lost %d measurements it could not read back: %s", who.key, batch.spool, lost,
                     "; ".join(f"{a}..{b} {reason}" for a, b, reason in batch.lost[:10])
@@ -248,11 +249,11 @@ async def enroll(request: web.Request) -> web.Response:
     gate, metrics = request.app[ENROLLMENTS], request.app[METRICS]
     wait = gate.blocked(request.remote)
     if wait is not None:  # this address failed too often: the token is not even looked at
-        metrics.enroll_limited["failures"] += 1
+        metrics.enroll_limited_total.labels("failures").inc()
         return error(429, f"too many failed enrollments from this address: resend in {wait} s",
                      **{"Retry-After": str(wait)})
     if not gate.enter():  # slow bodies of anyone on the network must not pile up
-        metrics.enroll_limited["busy"] += 1
+        metrics.enroll_limited_total.labels("busy").inc()
         return error(429, f"{gate.cap} enrollments are in progress: resend in {ENROLL_RETRY_AFTER_S} s",
                      **{"Retry-After": str(ENROLL_RETRY_AFTER_S)})
     try:
@@ -298,10 +299,10 @@ async def agents(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: the collector's own health."""
     admission, registry = request.app[ADMISSION], request.app[REGISTRY]
-    text = request.app[METRICS].render(len(registry), admission.inflight, admission.waiting,
+    body = request.app[METRICS].render(len(registry), admission.inflight, admission.waiting,
                                        admission.service_s, degraded=registry.degraded(),
                                        registry_refused=registry.refused)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def ca(request: web.Request) -> web.Response:
