@@ -1,6 +1,6 @@
 """The long-running agent's clock: when each target × line runs, and what happens after a failure.
 
-Every job (a target over a line, host health, self-metrics) runs once per *round* of its interval: round `r` of
+Every job (a target over a line, the host probe, self-metrics) runs once per *round* of its interval: round `r` of
 a job with interval `T` starts at wall-clock time `r × T` (Unix seconds, corrected by the collector's clock
 offset), and the job runs at `r × T + phase`. The phase is a hash of (agent id, target, line): fixed for an
 agent, spread uniformly over the interval across agents, so thousands of agents do not fire together; a small
@@ -18,6 +18,10 @@ After a failed run the job re-checks `confirm_count` times, `confirm_interval` a
 first success: an outage is confirmed in seconds. A job is never run twice at once: a round that comes while
 the previous run (or its re-checks) is still going is skipped.
 
+A run's Measurements go to the `sink` (the daemon commits them to the spool) as soon as it ends. Its Events (a
+probe's `ProbeResult.events`: none of today's probes gives any) go to the `events` callback when one is given,
+else they are logged: the spool cannot store Events yet (issue 7, "events end to end", will pass one).
+
 Missed rounds are never made up: when the loop wakes late (the PC slept, the process was stopped, the clock
 jumped), every job is rescheduled from now, so a resumed agent does not fire a burst.
 """
@@ -34,15 +38,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
-from probes.base import Line
+from probes.base import Line, ProbeResult
+from core.event import Event
 from core.measurement import Measurement
 
 from .config import AgentConfig, BoundTarget
-from .runner import plan, run_probe
+from .runner import host_target, plan, run_target
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[Measurement]], Awaitable[None]]
+EventSink = Callable[[list[Event]], Awaitable[None]]
 Producer = Callable[[], Awaitable[list[Measurement]]]
 # The loop wakes at least this often to notice wall-clock jumps and suspend/resume.
 MAX_SLEEP_S = 5.0
@@ -118,8 +124,14 @@ class Job:
         return round_no
 
 
-def make_jobs(config: AgentConfig, producers: Sequence[tuple[str, float, Producer | None]] = ()) -> list[Job]:
-    """Return the agent's jobs: every target over each of its lines, then the producers, each with its phase."""
+# The host probe's job key: its phase is unit_fraction(agent, "host"), as when it was a producer.
+HOST_JOB = "host"
+
+
+def make_jobs(config: AgentConfig, producers: Sequence[tuple[str, float, Producer | None]] = (),
+              *, host: bool = False) -> list[Job]:
+    """Return the agent's jobs: every target over each of its lines, the host probe when `host`, then the
+    producers, each with its phase."""
     agent = config.agent.id
     jobs = []
     for run in plan(config):
@@ -128,6 +140,10 @@ def make_jobs(config: AgentConfig, producers: Sequence[tuple[str, float, Produce
         interval = run.target.config.interval
         jobs.append(Job(key, interval, unit_fraction(agent, key) * interval, run.target.is_shared,
                         run.target, run.line))
+    if host:
+        target = host_target(config)
+        interval = target.config.interval
+        jobs.append(Job(HOST_JOB, interval, unit_fraction(agent, HOST_JOB) * interval, target=target))
     for name, interval, producer in producers:
         jobs.append(Job(name, interval, unit_fraction(agent, name) * interval, producer=producer))
     return jobs
@@ -138,7 +154,8 @@ def planned_runs(config: AgentConfig, start: float, end: float,
     """Return (job, time) of every round due in [start, end) (Unix s, collector clock), before jitter.
 
     What the schedule promises, independent of what the agent did: the end-to-end tests derive the samples
-    they expect in the database from it. Shared targets count only this agent's turns.
+    they expect in the database from it. Shared targets count only this agent's turns. The host probe is the
+    producer `("host", schedule.host_interval)`: the same key, so the same rounds.
     """
     turns = Turns.from_config(config)
     out = []
@@ -159,7 +176,8 @@ class _Due:
 
 
 class Scheduler:
-    """Run every job at its interval and phase; pass each run's measurements to `sink` as soon as it ends."""
+    """Run every job at its interval and phase; pass each run's measurements to `sink` as soon as it ends, and
+    its events to `events` (logged when there is none). `host=True` adds the host probe (probes/host.py)."""
 
     def __init__(
         self,
@@ -167,26 +185,26 @@ class Scheduler:
         sink: Sink,
         *,
         producers: Sequence[tuple[str, float, Producer]] = (),
+        host: bool = False,
+        events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
+        self.events = events
         self.clock = clock
         self.schedule = config.schedule
         self.turns = Turns.from_config(config)
         self.rng = rng or random.Random()
         self.semaphore = asyncio.Semaphore(self.schedule.concurrency)
-        self.jobs = self._jobs(producers)
+        self.jobs = make_jobs(config, producers, host=host)
         self.probe_errors_total = 0
         self.runs_total = 0
         self._heap: list[_Due] = []
         self._seq = 0
         self._tasks: set[asyncio.Task] = set()
         self._stop = asyncio.Event()
-
-    def _jobs(self, producers: Sequence[tuple[str, float, Producer]]) -> list[Job]:
-        return make_jobs(self.config, producers)
 
     def due_time(self, job: Job, now: float) -> float:
         """Return when `job` runs next after `now`: its next round (or turn), phase, and a little jitter."""
@@ -258,11 +276,11 @@ class Scheduler:
             if job.producer is not None:
                 await self.sink(await job.producer())
                 return
-            measurement = await self._probe(job)
-            for _ in range(self.schedule.confirm_count if not measurement.up else 0):
+            result = await self._probe(job)
+            for _ in range(self.schedule.confirm_count if not result.ok else 0):
                 await asyncio.sleep(self.schedule.confirm_interval)  # confirm the outage quickly
-                measurement = await self._probe(job)
-                if measurement.up:
+                result = await self._probe(job)
+                if result.ok:
                     break
         except asyncio.CancelledError:
             raise
@@ -272,15 +290,26 @@ class Scheduler:
             job.runs += 1
             job.busy = False
 
-    async def _probe(self, job: Job) -> Measurement:
+    async def _probe(self, job: Job) -> ProbeResult:
         assert job.target is not None
         async with self.semaphore:
-            measurement = await run_probe(self.config, job.target, job.line)
+            result = await run_target(self.config, job.target, job.line)
         self.runs_total += 1
-        if measurement.result == "error":
+        if any(m.result == "error" for m in result.measurements):
             self.probe_errors_total += 1
-        await self.sink([measurement])  # committed right after the probe ends
-        return measurement
+        await self.sink(list(result.measurements))  # committed right after the probe ends
+        if result.events:
+            await self._events(list(result.events))
+        return result
+
+    async def _events(self, events: list[Event]) -> None:
+        if self.events is not None:
+            await self.events(events)
+            return
+        for event in events:  # the spool cannot hold events yet
+            log.info("event %s %s at %d: %s %s", event.kind, dict(event.tags), event.time, event.text,
+                     dict(event.attributes))
 
 
-__all__ = ["Job", "Scheduler", "Turns", "make_jobs", "planned_runs", "stable_hash", "unit_fraction"]
+__all__ = ["EventSink", "HOST_JOB", "Job", "Scheduler", "Turns", "make_jobs", "planned_runs", "stable_hash",
+           "unit_fraction"]

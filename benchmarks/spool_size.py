@@ -2,7 +2,7 @@
 
 Samples: a real `cmon probe -c lab.yaml --json` run of configs/lab.yaml against the province on loopback
 (lab.servers.Province; root), once with every server up and once with them stopped (the failures carry their
-`detail` sentences), plus real host (`agent.host.HostSampler`) and self (`agent.selfmetrics`) Measurements.
+`detail` sentences), plus real host (`probes.host.HostSampler`) and self (`agent.selfmetrics`) Measurements.
 Rounds: one every 30 s for `--hours`, each = every probe sample (14 targets × 2 lines) + host + agent, values
 jittered (timings × lognormal, counters growing) so no two rows are equal, times 30 s apart.
 
@@ -81,7 +81,7 @@ def _cmon_probe(config: Path) -> list[dict]:
 
 def host_and_agent_samples() -> list[dict]:
     """Return one real round of host Measurements and one agent Measurement."""
-    from agent.host import HostSampler
+    from probes.host import HostSampler
     from agent.selfmetrics import agent_measurement
 
     sampler = HostSampler(IDENTITY)

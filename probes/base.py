@@ -1,8 +1,10 @@
 """The probe contract: the target config every probe extends, the line a probe is pinned to, the probe context.
 
 A probe module declares `NAME`, a `Config(TargetConfig)` with `probe: Literal[NAME]`, and
-`async def probe(config, ctx) -> Measurement`. It never raises: failures become `ctx.failure(...)`.
-The runner (agent/runner.py) adds the timeout around it and identity tags after it. The general config value
+`async def probe(config, ctx) -> Measurement | ProbeResult`: one Measurement (every target probe), or a
+`ProbeResult` holding several Measurements and Events (host health; an SNMP poller). It never raises: failures
+become `ctx.failure(...)`. The runner (agent/runner.py) adds the timeout around it and the identity tags to every
+Measurement and Event after it. The general config value
 types (durations, host names, `StrictModel`) are in core.config.types.
 """
 
@@ -11,12 +13,54 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from pydantic import Field
 
 from core.config.types import Duration, Slug, StrictModel
+from core.event import Event
 from core.measurement import Measurement
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What one probe run produced: its Measurements (in order) and its Events (none for most probes).
+
+    A probe that measures one thing returns its Measurement; the runner turns it into `ProbeResult.of(m)`, so
+    everything after the probe sees one shape.
+    """
+
+    measurements: tuple[Measurement, ...] = ()
+    events: tuple[Event, ...] = ()
+
+    def __init__(self, measurements: Iterable[Measurement] = (), events: Iterable[Event] = ()) -> None:
+        object.__setattr__(self, "measurements", tuple(measurements))
+        object.__setattr__(self, "events", tuple(events))
+        for m in self.measurements:
+            if not isinstance(m, Measurement):
+                raise TypeError(f"a ProbeResult holds Measurements, not {type(m).__name__}")
+        for e in self.events:
+            if not isinstance(e, Event):
+                raise TypeError(f"a ProbeResult's events are Events, not {type(e).__name__}")
+
+    @classmethod
+    def of(cls, value: "Measurement | ProbeResult") -> "ProbeResult":
+        """Return what a probe returned as a ProbeResult (TypeError for anything else)."""
+        if isinstance(value, ProbeResult):
+            return value
+        if isinstance(value, Measurement):
+            return cls((value,))
+        raise TypeError(f"probe returned {type(value).__name__}, not a Measurement or a ProbeResult")
+
+    @property
+    def ok(self) -> bool:
+        """Whether every Measurement says `result=ok` (a down probe is re-checked by the scheduler)."""
+        return all(m.result == "ok" for m in self.measurements)
+
+    def with_tags(self, **tags: str) -> "ProbeResult":
+        """Return a copy with extra tags on every Measurement and Event (the runtime's identity tags)."""
+        return ProbeResult((m.with_tags(**tags) for m in self.measurements),
+                           (e.with_tags(**tags) for e in self.events))
 
 
 class LineConfig(StrictModel):

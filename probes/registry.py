@@ -1,4 +1,8 @@
-"""The probe registry: probe name → module. Every module has NAME, Config and `async probe(config, ctx)`."""
+"""The probe registry: probe name → module. Every module has NAME, Config and `async probe(config, ctx)`.
+
+`PROBE_MODULES` are the probes a config's targets name (`probe: tcp`); `AGENT_PROBES` are the probes the agent
+runs on its own, about the PC it runs on (`host`: host health, every `schedule.host_interval`), never a target.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,15 @@ PROBE_MODULES: dict[str, str] = {
     "imap": "probes.imap",
     "tls": "probes.tls",
 }
+# The agent's own probes: scheduled by the agent itself, not named by targets (so not in PROBE_MODULES).
+AGENT_PROBES: dict[str, str] = {
+    "host": "probes.host",
+}
 
 
 def probe_module(name: str) -> ModuleType:
-    """Return the module implementing probe `name` (KeyError for an unknown probe)."""
-    return importlib.import_module(PROBE_MODULES[name])
+    """Return the module implementing probe `name`, a target's or the agent's own (KeyError for an unknown one)."""
+    return importlib.import_module(PROBE_MODULES[name] if name in PROBE_MODULES else AGENT_PROBES[name])
 
 
 def loadable(names: Iterable[str] | None = None) -> tuple[dict[str, ModuleType], dict[str, str]]:

@@ -15,7 +15,8 @@ import pytest
 from agent import runner
 from agent.config import AgentConfig, load_config
 from probes import registry
-from probes.base import ProbeContext, TargetConfig
+from probes.base import ProbeContext, ProbeResult, TargetConfig
+from core.event import Event
 from core.measurement import Measurement
 
 
@@ -23,7 +24,7 @@ class FakeConfig(TargetConfig):
     """A fake probe's config: `behaviour` says what the probe does."""
 
     probe: Literal["fake"] = "fake"
-    behaviour: Literal["ok", "raise", "hang", "not_a_measurement", "slow"] = "ok"
+    behaviour: Literal["ok", "raise", "hang", "not_a_measurement", "slow", "several", "bad_item"] = "ok"
 
 
 RUNNING = {"now": 0, "max": 0}
@@ -42,6 +43,12 @@ async def fake_probe(config: FakeConfig, ctx: ProbeContext) -> Measurement:
             await asyncio.sleep(0.05)
         if config.behaviour == "not_a_measurement":
             return {"up": 1}  # type: ignore[return-value]
+        if config.behaviour == "several":  # a poller: one Measurement per port, and what happened
+            ports = [Measurement("port", {"port": str(i)}, {"in_bps": 10.0 * i}, ctx.time_ms) for i in (1, 2)]
+            event = Event("link_down", {"port": "2"}, ctx.time_ms, "port 2 went down", {"speed_mbps": 100})
+            return ProbeResult([ctx.success({"rtt_ms": 1.5}), *ports], [event])  # type: ignore[return-value]
+        if config.behaviour == "bad_item":
+            return ProbeResult([{"up": 1}])  # type: ignore[list-item, return-value]
         return ctx.success({"rtt_ms": 1.5})
     finally:
         RUNNING["now"] -= 1
@@ -88,7 +95,7 @@ async def test_a_probe_that_raises_becomes_error_and_the_others_still_run(
     buggy = results["buggy", "auto"]
     assert (buggy.result, buggy.up) == ("error", False)
     assert buggy.detail == "the fake probe failed: RuntimeError: the probe has a bug"
-    assert results["garbage", "auto"].detail == "the fake probe failed: TypeError: probe returned dict, not a Measurement"
+    assert results["garbage", "auto"].detail == "the fake probe failed: TypeError: probe returned dict, not a Measurement or a ProbeResult"
     assert results["ioffice-tcp", "auto"].up and results["fine", "auto"].up
     assert "connect_ms" in results["ioffice-tcp", "auto"].fields
     tracebacks = [r for r in caplog.records if r.exc_info]
@@ -164,3 +171,47 @@ async def test_run_probe_is_the_reusable_unit(tmp_path: Path, fake_probe_module)
     backup = config.line_objects()["backup"]
     measurement = await runner.run_probe(config, target, backup)
     assert (measurement.tags["line"], measurement.tags["agent"], measurement.up) == ("backup", "quay-01", True)
+
+
+async def test_a_probe_may_return_several_measurements_and_events_all_with_identity_tags(
+    tmp_path: Path, fake_probe_module
+) -> None:
+    services = "services:\n  s:\n    - {name: poll, probe: fake, behaviour: several}\n"
+    config = config_from(tmp_path, HEADER + LINES + services)
+    identity = {"province": "ha-tinh", "commune": "dong-loc", "agent": "quay-01"}
+    result = await runner.run_target(config, config.targets[0], config.line_objects()["backup"])
+    assert isinstance(result, ProbeResult) and result.ok
+    assert [(m.name, m.tags.get("port")) for m in result.measurements] == [("probe", None), ("port", "1"), ("port", "2")]
+    assert result.measurements[0].tags == {"service": "s", "target": "poll", "probe": "fake", "line": "backup",
+                                           **identity}
+    assert [dict(m.tags) for m in result.measurements[1:]] == [{"port": "1", **identity}, {"port": "2", **identity}]
+    [event] = result.events
+    assert (event.kind, dict(event.tags), event.text, dict(event.attributes)) == (
+        "link_down", {"port": "2", **identity}, "port 2 went down", {"speed_mbps": 100.0})
+    # run_once gives every Measurement of every run, in plan order (primary, then backup)
+    flat = await runner.run_once(config)
+    assert [(m.name, m.tags.get("line"), m.tags["agent"]) for m in flat] == [
+        ("probe", "primary", "quay-01"), ("port", None, "quay-01"), ("port", None, "quay-01"),
+        ("probe", "backup", "quay-01"), ("port", None, "quay-01"), ("port", None, "quay-01")]
+    # the one-Measurement shortcut refuses a run that gave several, rather than drop some
+    with pytest.raises(ValueError, match="gave 3 measurements"):
+        await runner.run_probe(config, config.targets[0], None)
+
+
+async def test_a_probe_result_holding_garbage_becomes_error(tmp_path: Path, fake_probe_module) -> None:
+    config = config_from(tmp_path, HEADER + "services:\n  s:\n    - {name: bad, probe: fake, behaviour: bad_item}\n")
+    [measurement] = await runner.run_once(config)
+    assert (measurement.result, measurement.up) == ("error", False)
+    assert measurement.detail == "the fake probe failed: TypeError: a ProbeResult holds Measurements, not dict"
+    assert measurement.tags["agent"] == "quay-01"
+
+
+async def test_a_single_measurement_is_a_probe_result_of_one(tmp_path: Path, fake_probe_module) -> None:
+    config = config_from(tmp_path, HEADER + "services:\n  s:\n    - {name: one, probe: fake}\n")
+    result = await runner.run_target(config, config.targets[0], None)
+    assert len(result.measurements) == 1 and result.events == () and result.ok
+    single = await runner.run_probe(config, config.targets[0], None)
+    assert single.tags == result.measurements[0].tags and single.up
+    assert ProbeResult.of(result.measurements[0]) == ProbeResult((result.measurements[0],))
+    with pytest.raises(TypeError, match="not a Measurement or a ProbeResult"):
+        ProbeResult.of([result.measurements[0]])  # type: ignore[arg-type]

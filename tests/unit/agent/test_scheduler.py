@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import sys
 import time
+import types
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
+import probes.host
 from agent.config import load_config
-from agent.scheduler import Scheduler, Turns, unit_fraction
+from agent.scheduler import Scheduler, Turns, planned_runs, unit_fraction
 from probe_helpers import free_port
+from probes import registry
+from probes.base import ProbeContext, ProbeResult, TargetConfig
+from core.event import Event
 from core.measurement import Measurement
 
 
@@ -193,3 +201,84 @@ def test_planned_runs_are_the_times_the_scheduler_picks_without_jitter(tmp_path:
         assert times == [t for j, t in planned if j.key == job.key], job.key
     counts = collections.Counter(j.key for j, _ in planned)
     assert counts["a/-"] == 30 and counts["host"] == 12 and 0 < counts["b/-"] < 20  # b: one turn in 3 rounds
+
+
+async def test_the_host_probe_is_scheduled_like_a_target(tmp_path: Path) -> None:
+    services = "  dns:\n    - {name: t, probe: tcp, host: 127.0.0.1, port: 9, interval: 1h}\n"
+    config = load_config(write_config(tmp_path, services, "host_interval: 0.5s, confirm_interval: 0.1s"))
+    sink = Recorder()
+    scheduler = Scheduler(config, sink, host=True)
+    [job] = [j for j in scheduler.jobs if j.key == "host"]
+    assert job.target is not None and job.target.module is probes.host and job.producer is None
+    assert (job.interval, job.phase) == (0.5, unit_fraction("quay-01", "host") * 0.5)  # as when it was a producer
+    await run_for(scheduler, 2.1)
+    assert 3 <= job.runs <= 5 and scheduler.runs_total >= job.runs  # once a round: a host run is never re-checked
+    hosts = [m for _, _, m in sink.items if m.name == "host"]
+    systems = [m for m in hosts if len(m.tags) == 3]
+    assert len(systems) == job.runs
+    identity = {"province": "ha-tinh", "commune": "dong-loc", "agent": "quay-01"}
+    assert all({k: m.tags[k] for k in identity} == identity and m.result == "ok" for m in hosts)
+    assert any(m.tags.get("mount") == "/" for m in hosts)
+    assert "cpu_pct" in systems[-1].fields
+    assert not Scheduler(config, sink).jobs[-1].key == "host"  # only when asked (the daemon asks)
+
+
+def test_planned_host_rounds_are_the_host_probes(tmp_path: Path) -> None:
+    services = "  dns:\n    - {name: a, probe: tcp, host: 127.0.0.1, port: 9, interval: 2s}\n"
+    config = load_config(write_config(tmp_path, services, "host_interval: 5s"))
+    start = 1_800_000_000.0
+    planned = [t for j, t in planned_runs(config, start, start + 60, producers=[("host", 5.0)]) if j.key == "host"]
+    scheduler = Scheduler(config, Recorder(), host=True)
+    [job] = [j for j in scheduler.jobs if j.key == "host"]
+    times, now = [], start
+    while (at := scheduler.due_time(job, now)) < start + 60:
+        times.append(at)
+        now = at
+    assert times == planned and len(times) == 12
+
+
+class EventProbeConfig(TargetConfig):
+    probe: Literal["eventful"] = "eventful"
+    down: bool = False
+
+
+async def eventful_probe(config: EventProbeConfig, ctx: ProbeContext) -> ProbeResult:
+    """Return a probe Measurement (down when configured), a second Measurement and an Event."""
+    main = ctx.failure("refused", "nothing listens") if config.down else ctx.success({"rtt_ms": 1.0})
+    extra = Measurement("port", {"port": "1"}, {"in_bps": 5.0}, ctx.time_ms)
+    return ProbeResult([main, extra], [Event("failover", {"to": "backup"}, ctx.time_ms, "switched to backup")])
+
+
+@pytest.fixture
+def eventful_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = types.ModuleType("cmon_test_eventful_probe")
+    module.NAME, module.Config, module.probe = "eventful", EventProbeConfig, eventful_probe
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(registry.PROBE_MODULES, "eventful", module.__name__)
+    return module
+
+
+async def test_a_runs_measurements_go_to_the_sink_and_its_events_to_the_event_callback(
+    tmp_path: Path, eventful_module, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = ("  dns:\n    - {name: up, probe: eventful, interval: 0.5s}\n"
+                "    - {name: down, probe: eventful, down: true, interval: 1s}\n")
+    config = load_config(write_config(tmp_path, services, "confirm_count: 2, confirm_interval: 0.1s"))
+    sink, events = Recorder(), []
+
+    async def on_events(batch: list[Event]) -> None:
+        events.extend(batch)
+
+    await run_for(Scheduler(config, sink, events=on_events), 1.3)
+    runs = collections.Counter(m.tags["target"] for _, _, m in sink.items if m.name == "probe")
+    assert runs["down"] in (3, 6)  # a down Measurement in a ProbeResult is re-checked like any other
+    assert 2 <= runs["up"] <= 3
+    ports = [m for _, _, m in sink.items if m.name == "port"]
+    assert len(ports) == sum(runs.values()) and all(m.tags["agent"] == "quay-01" for m in ports)
+    assert len(events) == sum(runs.values())
+    assert all(e.kind == "failover" and e.tags == {"to": "backup", "province": "ha-tinh", "commune": "dong-loc",
+                                                   "agent": "quay-01"} for e in events)
+    caplog.set_level(logging.INFO, logger="agent.scheduler")
+    sink = Recorder()
+    await run_for(Scheduler(config, sink), 0.8)  # no event callback: the events are logged, not lost silently
+    assert "event failover" in caplog.text and "switched to backup" in caplog.text

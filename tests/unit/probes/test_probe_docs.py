@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from probes.base import TargetConfig
-from probes.registry import PROBE_MODULES, probe_module
+from probes.registry import AGENT_PROBES, PROBE_MODULES, probe_module
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "probes"
 SECTIONS = ("## Configuration", "## Fields", "## Results", "## Example output", "## Privileges")
 
 
-@pytest.mark.parametrize("name", sorted(PROBE_MODULES))
+@pytest.mark.parametrize("name", sorted(PROBE_MODULES) + sorted(AGENT_PROBES))
 def test_probe_module_follows_the_contract(name):
     module = probe_module(name)
     assert module.NAME == name
@@ -22,7 +22,7 @@ def test_probe_module_follows_the_contract(name):
     assert module.__doc__, f"probes/{name}.py needs a module docstring"
 
 
-@pytest.mark.parametrize("name", sorted(PROBE_MODULES))
+@pytest.mark.parametrize("name", sorted(PROBE_MODULES) + sorted(AGENT_PROBES))
 def test_probe_has_a_doc_page_with_every_section_and_key(name):
     page = DOCS / f"{name}.md"
     assert page.exists(), f"docs/probes/{name}.md is missing"

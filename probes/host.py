@@ -1,6 +1,8 @@
-"""Host health of the PC the agent runs on, as Measurements named `host` (psutil; call it in a thread).
+"""Host probe: the health of the PC the agent runs on, as several Measurements named `host` (psutil, in a thread).
 
-One sample gives:
+Doc: docs/probes/host.md. Needs no privileges. One of the agent's own probes (`registry.AGENT_PROBES`): the agent
+runs it every `schedule.host_interval` like a target's probe (runner: timeout, errors as data, identity tags),
+but no config names it as a target. One run gives:
 - one Measurement with the whole-host fields: `cpu_pct`, `cpu_count`, `load1` (not on Windows), `mem_pct`,
   `mem_used_bytes`, `mem_available_bytes`, `mem_total_bytes`, `swap_pct`, `uptime_s`, `procs`;
 - one per mounted disk, tag `mount`: `disk_pct`, `disk_used_bytes`, `disk_free_bytes`, `disk_total_bytes`;
@@ -16,16 +18,53 @@ The first `cpu_pct` is left out: psutil measures CPU between two calls, and ther
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
+from typing import Literal
 
 import psutil
 
+from core.config.types import Duration, Slug
 from core.measurement import Measurement
+
+from .base import ProbeContext, ProbeResult, TargetConfig
 
 NAME = "host"
 # Pseudo and read-only filesystems whose usage says nothing about the PC's health.
 _SKIP_FSTYPES = {"squashfs", "tmpfs", "devtmpfs", "overlay", "iso9660", "udf", "proc", "sysfs", "cgroup2", ""}
+
+
+class Config(TargetConfig):
+    """The host probe: which parts of the PC to report (all by default). The agent sets `interval` from
+    `schedule.host_interval`; there is no target to configure."""
+
+    name: Slug = "host"
+    probe: Literal["host"] = "host"
+    timeout: Duration = 10.0  # psutil on a PC with a hung network disk can take a while
+    disks: bool = True  # one Measurement per mounted disk (tag `mount`)
+    interfaces: bool = True  # one per network interface (tag `interface`)
+    battery: bool = True  # one with tag `battery=main` when the PC has a battery
+
+
+# One sampler per process: psutil's CPU baseline is the previous call, whoever made it.
+_sampler: "HostSampler | None" = None
+_sampler_lock = threading.Lock()
+
+
+async def probe(config: Config, ctx: ProbeContext) -> ProbeResult:
+    """Sample the PC's health in a thread (psutil blocks); return its Measurements (identity tags: the runner)."""
+    return ProbeResult(await asyncio.to_thread(_sample, config, ctx.time_ms))
+
+
+def _sample(config: Config, now: int) -> list[Measurement]:
+    global _sampler
+    with _sampler_lock:
+        if _sampler is None:
+            _sampler = HostSampler({})
+        return _sampler.sample(now, disks=config.disks, interfaces=config.interfaces, battery=config.battery)
+
 
 
 class HostSampler:
@@ -36,15 +75,18 @@ class HostSampler:
         self._cpu_ready = False
         psutil.cpu_percent(interval=None)  # the baseline for the first real reading
 
-    def sample(self) -> list[Measurement]:
+    def sample(self, now: int | None = None, *, disks: bool = True, interfaces: bool = True,
+               battery: bool = True) -> list[Measurement]:
         """Return this moment's host measurements (blocking: run it in a thread)."""
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if now is None else now
         out = [Measurement(NAME, self.tags, self._system(), now)]
-        out += [Measurement(NAME, {**self.tags, "mount": m}, f, now) for m, f in _disks().items()]
-        out += [Measurement(NAME, {**self.tags, "interface": i}, f, now) for i, f in _interfaces().items()]
-        battery = _battery()
-        if battery:
-            out.append(Measurement(NAME, {**self.tags, "battery": "main"}, battery, now))
+        if disks:
+            out += [Measurement(NAME, {**self.tags, "mount": m}, f, now) for m, f in _disks().items()]
+        if interfaces:
+            out += [Measurement(NAME, {**self.tags, "interface": i}, f, now) for i, f in _interfaces().items()]
+        battery_fields = _battery() if battery else None
+        if battery_fields:
+            out.append(Measurement(NAME, {**self.tags, "battery": "main"}, battery_fields, now))
         return out
 
     def _system(self) -> dict[str, float]:
@@ -127,4 +169,4 @@ def _battery() -> dict[str, float] | None:
     return fields
 
 
-__all__ = ["HostSampler", "NAME"]
+__all__ = ["Config", "HostSampler", "NAME", "probe"]
