@@ -33,10 +33,12 @@ from core.version import package_version
 
 from .config import AgentConfig
 from .credentials import CredentialError, load as load_credential, ssl_context
+from .host import HostSampler
 from .runner import identity_tags
 from .scheduler import Scheduler
 from .selfmetrics import agent_measurement, config_version
-from .shipper import LINGER_S, Batch, ClockOffset, Shipper
+from .queue import OutboundQueue
+from .shipper import LINGER_S, ClockOffset, Shipper
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -47,43 +49,6 @@ STOP_DRAIN_S = 3.0
 STOP_HEARTBEAT_S = 3.0
 STOP_SCHEDULER_S = 10.0  # the scheduler gives running probes 2 s; this is the backstop
 SPOOL_CHECK_S = 3600.0  # the spool's integrity check (also at start)
-
-
-class SpoolAdapter:
-    """The shipper's view of agent.spool.Spool: batches as `Batch`, evicted and lost ranges reported once
-    delivered."""
-
-    def __init__(self, spool: Any) -> None:
-        self.spool = spool
-        self.spool_id = spool.spool_id
-
-    def next_batch(self, max_rows: int) -> Batch | None:
-        """Return the spool's next batch (live first, then backlog oldest first) as a Batch, or None."""
-        batch = self.spool.next_batch(max_rows)
-        if batch is None:
-            return None
-        items = [(seq, m if isinstance(m, Measurement) else Measurement.from_dict(m)) for seq, m in batch.items]
-        return Batch(batch.first, batch.last, items, getattr(batch, "live", None)) if items else None
-
-    def ack(self, first: int, last: int) -> None:
-        self.spool.ack(first, last)
-
-    def quarantine(self, first: int, last: int, reason: str) -> None:
-        self.spool.quarantine(first, last, reason)
-
-    def evictions(self) -> list[list[int]]:
-        return [list(r) for r in self.spool.pending_evictions()]
-
-    def evictions_reported(self, ranges: list[list[int]]) -> None:
-        done = getattr(self.spool, "evictions_reported", None)
-        if done is not None:
-            done([tuple(r) for r in ranges])
-
-    def lost(self) -> list[list[Any]]:
-        return [list(r) for r in self.spool.pending_lost()]
-
-    def lost_reported(self, ranges: list[list[Any]]) -> None:
-        self.spool.lost_reported([tuple(r) for r in ranges])
 
 
 class Agent:
@@ -200,16 +165,20 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None,
     stop = stop or _signal_event()
     spool = Spool(config.relative(config.spool.path), config.spool.max_size)
     clock = ClockOffset()
-    shipper = _make_shipper(config, SpoolAdapter(spool), clock)
+    shipper = _make_shipper(config, spool, clock)
     agent = Agent(config, spool, shipper, clock, supervisor or Supervisor())
+    sampler = await asyncio.to_thread(HostSampler, agent.tags)
+
+    async def host() -> list[Measurement]:
+        return await asyncio.to_thread(sampler.sample)
+
     if shipper is not None:
         shipper.agent_info = agent.info  # the wire's `agent` block in every request: the collector's fleet registry
     interval = config.schedule.host_interval
-    producers = [("self", interval, agent.self_metrics)]
+    producers = [("host", interval, host), ("self", interval, agent.self_metrics)]
     if shipper is not None:
         producers.append(("heartbeat", HEARTBEAT_S, agent.heartbeat))
-    agent.scheduler = Scheduler(config, agent.commit, producers=producers, host=True,
-                                clock=lambda: clock.now_ms() / 1000)
+    agent.scheduler = Scheduler(config, agent.commit, producers=producers, clock=lambda: clock.now_ms() / 1000)
     await asyncio.to_thread(agent.watch_disk)
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -252,7 +221,7 @@ def _shifted(m: Measurement, offset_ms: int) -> Measurement:
     return Measurement(m.name, m.tags, m.fields, m.time + offset_ms, m.result, m.detail)
 
 
-def _make_shipper(config: AgentConfig, spool: SpoolAdapter, clock: ClockOffset) -> Shipper | None:
+def _make_shipper(config: AgentConfig, queue: OutboundQueue, clock: ClockOffset) -> Shipper | None:
     collector = config.collector
     if collector is None:
         log.warning("no collector: section: measurements stay in the spool")
@@ -265,12 +234,10 @@ def _make_shipper(config: AgentConfig, spool: SpoolAdapter, clock: ClockOffset) 
     ca_file = config.relative(collector.ca_file) if collector.ca_file else None
     url = str(collector.url).rstrip("/")
     return Shipper(
-        spool, spool.next_batch, url, credential.credential if credential else "",
+        queue, url, credential.credential if credential else "",
         ssl_context=ssl_context(credential, ca_file) if url.startswith("https") else None,
         timeout=collector.timeout, backlog_rate=collector.backlog_rate, batch_max=collector.batch_max,
-        evictions=spool.evictions, evictions_reported=spool.evictions_reported, lost=spool.lost,
-        lost_reported=spool.lost_reported, clock=clock,
-        linger=_linger(config),
+        clock=clock, linger=_linger(config),
     )
 
 
@@ -299,4 +266,4 @@ def _signal_event() -> asyncio.Event:
     return event
 
 
-__all__ = ["Agent", "SpoolAdapter", "run_agent"]
+__all__ = ["Agent", "run_agent"]

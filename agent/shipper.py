@@ -1,8 +1,9 @@
 """Ship the spool to the collector (docs/wire.md): contiguous batches, gzip, the response-code contract.
 
-- The spool decides the order (live data first, then the backlog oldest first); the shipper sends a batch that
-  is all older than `LIVE_AGE_S` (backlog) no faster than `backlog_rate` bytes/s of request body, so a
-  weekend's backlog does not fill a 4G backup line; live batches are not held back.
+- The shipper works against `agent.queue.OutboundQueue` (the SQLite spool, or a MemoryQueue in tests). The
+  queue decides the order (live data first, then the backlog oldest first) and says which a batch is; the
+  shipper sends backlog batches no faster than `backlog_rate` bytes/s of request body, so a weekend's backlog
+  does not fill a 4G backup line; live batches are not held back.
 - 2xx: the batch is acknowledged (deleted from the spool). 400: quarantined and counted, the queue moves on.
   The ranges the spool lost to damage (`lost`) ride along like `evicted` and are marked reported on a 2xx.
   When the spool cannot delete an acknowledged batch (a full disk), the ack is retried locally with a short
@@ -33,55 +34,23 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from core.measurement import Measurement
 from core.wire import WIRE_VERSION
+
+from .queue import Batch, OutboundQueue
 
 log = logging.getLogger(__name__)
 
-# A batch whose newest measurement is older than this is backlog (spare bandwidth only).
-LIVE_AGE_S = 120.0
 # Retry-After is honoured up to this long (a broken header must not park the agent for days).
 MAX_RETRY_AFTER_S = 3600.0
 # An idle shipper is woken by each commit (`wake`); the poll is only a safety net.
 IDLE_POLL_S = 30.0
 # Live data waits this long after the first new measurement, so one request carries a few seconds' runs.
 LINGER_S = 5.0
-
-
-class SpoolLike(Protocol):
-    """What the shipper needs from agent.spool.Spool."""
-
-    spool_id: str
-
-    def ack(self, first: int, last: int) -> Any: ...
-    def quarantine(self, first: int, last: int, reason: str) -> Any: ...
-
-
-@dataclass(slots=True)
-class Batch:
-    """A contiguous range of one spool: `items` are (seq, Measurement) for every seq first..last."""
-
-    first: int
-    last: int
-    items: Sequence[tuple[int, Measurement]]
-    live: bool | None = None  # the spool's own verdict; None: judged by age
-
-    def split(self) -> tuple["Batch", "Batch"]:
-        """Return the two halves."""
-        mid = len(self.items) // 2
-        a, b = self.items[:mid], self.items[mid:]
-        return Batch(a[0][0], a[-1][0], a, self.live), Batch(b[0][0], b[-1][0], b, self.live)
-
-    def is_backlog(self, now_ms: float) -> bool:
-        """Whether it is backlog: the spool says so, else every measurement is older than LIVE_AGE_S."""
-        if self.live is not None:
-            return not self.live
-        return max(m.time for _, m in self.items) < now_ms - LIVE_AGE_S * 1000
 
 
 class ShipError(Exception):
@@ -168,10 +137,9 @@ class ShipperStats:
 
 @dataclass(slots=True)
 class Shipper:
-    """Deliver batches from `next_batch()` to the collector; ack or quarantine them in the spool."""
+    """Deliver the queue's batches to the collector; ack or quarantine them, report its evicted and lost ranges."""
 
-    spool: SpoolLike
-    next_batch: Callable[[int], Batch | None]  # max rows → the spool's next batch (live first) or None
+    queue: OutboundQueue
     url: str  # the collector's base URL
     credential: str
     ssl_context: ssl.SSLContext | None = None
@@ -180,17 +148,14 @@ class Shipper:
     batch_max: int = 500
     linger: float = LINGER_S  # seconds live data waits for company after a wake-up (0: ship at once)
     agent_info: Callable[[], dict] = dict  # the wire's "agent" block
-    evictions: Callable[[], list[list[int]]] = list  # ranges evicted and not yet reported
-    evictions_reported: Callable[[list[list[int]]], Any] = lambda ranges: None
-    lost: Callable[[], list[list[Any]]] = list  # [first, last, reason] ranges lost to damage, not yet reported
-    lost_reported: Callable[[list[list[Any]]], Any] = lambda ranges: None
     clock: ClockOffset = field(default_factory=ClockOffset)
     stats: ShipperStats = field(default_factory=ShipperStats)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     flushing: asyncio.Event = field(default_factory=asyncio.Event)  # set by flush(): no more lingering
     _session: aiohttp.ClientSession | None = None
     _backlog_free_at: float = 0.0
-    _unacked: tuple[int, int, list, list] | None = None  # acknowledged, not yet deleted: (first, last, evicted, lost)
+    # acknowledged, not yet deleted: (first, last, the evicted and the lost ranges it carried)
+    _unacked: tuple[int, int, list[tuple[int, int]], list[tuple[int, int, str]]] | None = None
 
     async def __aenter__(self) -> "Shipper":
         connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.url.startswith("https") else False, limit=2)
@@ -228,10 +193,10 @@ class Shipper:
     async def ship_next(self) -> bool:
         """Ship the spool's next batch; return False when there was none. Raises ShipError to retry later."""
         self._finish_ack()  # an ack the spool could not write: first things first
-        batch = self.next_batch(self.batch_max)
+        batch = self.queue.next_batch(self.batch_max)
         if batch is None:
             return False
-        backlog = batch.is_backlog(self.clock.now_ms()) and self.backlog_rate > 0
+        backlog = not batch.live and self.backlog_rate > 0
         if backlog:  # a token bucket of one batch: wait until the previous backlog bytes have "drained"
             await asyncio.sleep(max(0.0, self._backlog_free_at - time.monotonic()))
         sent = await self.ship(batch)
@@ -241,10 +206,10 @@ class Shipper:
 
     async def ship(self, batch: Batch) -> int:
         """Deliver one batch (splitting on 413); return the request bytes sent."""
-        evicted, lost = self.evictions(), self.lost()
+        evicted, lost = self.queue.pending_evictions(), self.queue.pending_lost()
         body = gzip.compress(json.dumps(self._payload(batch, evicted, lost), separators=(",", ":")).encode(), 6)
         status, answer = await self._post("/api/v1/ingest", body)
-        if batch.is_backlog(self.clock.now_ms()):
+        if not batch.live:
             self.stats.backlog_bytes_total += len(body)
         if 200 <= status < 300:
             self.stats.shipped_total += len(batch.items)
@@ -256,12 +221,12 @@ class Shipper:
         if status == 400:
             log.error("the collector refused measurements %d..%d as invalid (%s): quarantined",
                       batch.first, batch.last, reason)
-            self._local(self.spool.quarantine, batch.first, batch.last, reason)
+            self._local(self.queue.quarantine, batch.first, batch.last, reason)
             self.stats.quarantined_total += len(batch.items)
             return len(body)
         if status == 413:
             if len(batch.items) == 1:
-                self._local(self.spool.quarantine, batch.first, batch.last, f"too large even alone: {reason}")
+                self._local(self.queue.quarantine, batch.first, batch.last, f"too large even alone: {reason}")
                 self.stats.quarantined_total += 1
                 return len(body)
             first, second = batch.split()
@@ -278,12 +243,12 @@ class Shipper:
         if self._unacked is None:
             return
         first, last, evicted, lost = self._unacked
-        self._local(self.spool.ack, first, last)
+        self._local(self.queue.ack, first, last)
         self._unacked = None
         if self.stats.spool_failing:
             log.warning("the spool deletes acknowledged batches again")
             self.stats.spool_failing = False
-        for report, ranges in ((self.evictions_reported, evicted), (self.lost_reported, lost)):
+        for report, ranges in ((self.queue.evictions_reported, evicted), (self.queue.lost_reported, lost)):
             if ranges:
                 try:
                     report(ranges)
@@ -318,10 +283,11 @@ class Shipper:
             return False
         return True
 
-    def _payload(self, batch: Batch, evicted: list[list[int]], lost: list[list[Any]]) -> dict[str, Any]:
+    def _payload(self, batch: Batch, evicted: list[tuple[int, int]],
+                 lost: list[tuple[int, int, str]]) -> dict[str, Any]:
         payload = {
             "version": WIRE_VERSION,
-            "spool": self.spool.spool_id,
+            "spool": self.queue.spool_id,
             "first": batch.first,
             "last": batch.last,
             "measurements": [{"seq": seq, **m.to_dict()} for seq, m in batch.items],
@@ -404,11 +370,4 @@ def _reason(answer: Any) -> str:
     return str(answer)[:200]
 
 
-def batches_from(items: Iterable[tuple[int, Measurement]]) -> Batch:
-    """Return a Batch of contiguous (seq, Measurement) items (for tests and the spool adapter)."""
-    items = list(items)
-    return Batch(items[0][0], items[-1][0], items)
-
-
-__all__ = ["Batch", "ClockOffset", "LIVE_AGE_S", "ShipError", "Shipper", "ShipperStats", "batches_from",
-           "parse_retry_after"]
+__all__ = ["ClockOffset", "ShipError", "Shipper", "ShipperStats", "parse_retry_after"]

@@ -1,5 +1,7 @@
 """The agent's durable store-and-forward queue: one SQLite file (WAL, `synchronous=FULL`), docs/spool.md.
 
+`Spool` is the shipper's `agent.queue.OutboundQueue` as it is (its batches are `agent.queue.Batch`).
+
 - `append(measurements)` commits them in ONE transaction with gap-free sequence numbers: committed = produced.
   An append that cannot be committed (a full disk, an I/O error) raises `SpoolWriteError` after counting its
   measurements in `dropped_total` (and `dropped_disk_full_total`), logged once per episode.
@@ -42,11 +44,12 @@ from core.measurement import Measurement
 from core.ranges import difference, runs, tagged_runs
 from core.wire import MAX_REASON
 
+from .queue import LIVE_AGE_S, Batch
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1  # the damaged and lost tables were added without a version change: older files just lack them
 DEFAULT_MAX_BYTES = 100 * 2**20
-LIVE_AGE_S = 120.0  # rows appended this recently are live (the shipper's LIVE_AGE_S)
 QUARANTINE_MAX_ROWS = 10_000  # the quarantine keeps the newest refused rows for people to look at
 DAMAGED_MAX_ROWS = 10_000  # likewise the rows that could not be decoded
 CHECK_CHUNK = 2_000  # rows decoded per lock hold by check(): appends wait at most this long
@@ -110,16 +113,6 @@ class _Corrupt(Exception):
     def __init__(self, db: sqlite3.Connection, problem: str) -> None:
         super().__init__(problem)
         self.db, self.problem = db, problem
-
-
-@dataclass(slots=True, frozen=True)
-class SpoolBatch:
-    """A contiguous range of the spool: `items` are (seq, Measurement) for every seq first..last, in order."""
-
-    first: int
-    last: int
-    items: Sequence[tuple[int, Measurement]]
-    live: bool  # True: from the live rows; False: the backlog's oldest
 
 
 @dataclass(slots=True)
@@ -487,7 +480,7 @@ class Spool:
 
     # -- shipping ------------------------------------------------------------------------------------------
 
-    def next_batch(self, max_rows: int = 500) -> SpoolBatch | None:
+    def next_batch(self, max_rows: int = 500) -> Batch | None:
         """Return the next contiguous batch (live first, then the backlog oldest first), or None when empty.
 
         One shipper: the batch returned is "in flight" (never evicted) until acked or quarantined, or until
@@ -508,7 +501,7 @@ class Spool:
                 self._in_flight = (batch.first, batch.last)
             return batch
 
-    def _next_batch(self, max_rows: int) -> SpoolBatch | None:
+    def _next_batch(self, max_rows: int) -> Batch | None:
         live_from = self._live_from()
         batch = None
         if live_from is not None:
@@ -523,7 +516,7 @@ class Spool:
             self._recent.popleft()
         return self._recent[0][0] if self._recent else None
 
-    def _contiguous(self, where: str, args: tuple, max_rows: int, live: bool) -> SpoolBatch | None:
+    def _contiguous(self, where: str, args: tuple, max_rows: int, live: bool) -> Batch | None:
         while True:
             items: list[tuple[int, Measurement]] = []
             damaged: list[tuple[int, int, bytes, DamagedRow]] = []
@@ -540,7 +533,7 @@ class Spool:
             if damaged and not self._set_aside(damaged):
                 damaged = []  # cannot write now (disk full): skip them this time, try again next call
             if items:
-                return SpoolBatch(items[0][0], items[-1][0], items, live)
+                return Batch(items[0][0], items[-1][0], items, live)
             if not damaged:
                 return None
             # only damaged rows so far, now set aside: look again
@@ -877,5 +870,5 @@ def _clean_reason(reason: str) -> str:
     return flat[:MAX_REASON] or "damaged"
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "DamagedRow", "LIVE_AGE_S", "Spool", "SpoolBatch", "SpoolError", "SpoolWriteError",
+__all__ = ["DEFAULT_MAX_BYTES", "DamagedRow", "LIVE_AGE_S", "Spool", "SpoolError", "SpoolWriteError",
            "is_corrupt", "is_disk_full"]

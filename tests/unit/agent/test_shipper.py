@@ -1,4 +1,6 @@
-"""Tests for agent.shipper against a real aiohttp collector stand-in on 127.0.0.1 (docs/wire.md's codes)."""
+"""Tests for agent.shipper against a real aiohttp collector stand-in on 127.0.0.1 (docs/wire.md's codes).
+
+Every test that ships runs twice: against the real SQLite spool and against agent.queue.MemoryQueue."""
 
 from __future__ import annotations
 
@@ -16,42 +18,95 @@ import pytest
 from aiohttp import web
 
 from agent.credentials import Credential, ssl_context
-from core.tls import fingerprint
-from agent.shipper import Batch, ClockOffset, Shipper, parse_retry_after
-from lab.pki import make_pki
+from agent.queue import LIVE_AGE_S, MemoryQueue, OutboundQueue
+from agent.shipper import ClockOffset, Shipper, parse_retry_after
+from agent.spool import Spool
 from core.measurement import Measurement
+from core.tls import fingerprint
+from lab.pki import make_pki
 
 TOKEN = "s3cret-credential"
 
 
-class MemorySpool:
-    """A spool stand-in with the calls the shipper makes (the real one is tested in test_spool.py)."""
+class Recording:
+    """Mixed into a queue: records the acks and quarantines the shipper asks for."""
 
-    spool_id = "5f0c3c7e-0000-4000-8000-000000000001"
-
-    def __init__(self, measurements: list[Measurement]) -> None:
-        self.rows = {seq: m for seq, m in enumerate(measurements, start=1)}
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
         self.acked: list[tuple[int, int]] = []
-        self.quarantined: list[tuple[int, int, str]] = []
+        self.refused: list[tuple[int, int, str]] = []
 
-    def next_batch(self, max_rows: int) -> Batch | None:
-        seqs = sorted(self.rows)[:max_rows]
-        if not seqs:
-            return None
-        seqs = [s for i, s in enumerate(seqs) if s == seqs[0] + i]  # contiguous
-        return Batch(seqs[0], seqs[-1], [(s, self.rows[s]) for s in seqs])
-
-    def _drop(self, first: int, last: int) -> None:
-        for seq in range(first, last + 1):
-            del self.rows[seq]
-
-    def ack(self, first: int, last: int) -> None:
+    def ack(self, first: int, last: int) -> int:
         self.acked.append((first, last))
-        self._drop(first, last)
+        return super().ack(first, last)
 
-    def quarantine(self, first: int, last: int, reason: str) -> None:
-        self.quarantined.append((first, last, reason))
-        self._drop(first, last)
+    def quarantine(self, first: int, last: int, reason: str) -> int:
+        self.refused.append((first, last, reason))
+        return super().quarantine(first, last, reason)
+
+
+class StuckDisk(Recording):
+    """The queue on a full disk: its first `failures` acks raise SQLite's real 'database or disk is full' error."""
+
+    failures = 0
+
+    def ack(self, first: int, last: int) -> int:
+        self.ack_calls = getattr(self, "ack_calls", 0) + 1
+        if self.ack_calls <= self.failures:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().ack(first, last)
+
+
+class RecordingSpool(Recording, Spool):
+    pass
+
+
+class RecordingMemoryQueue(Recording, MemoryQueue):
+    pass
+
+
+class StuckSpool(StuckDisk, Spool):
+    pass
+
+
+class StuckMemoryQueue(StuckDisk, MemoryQueue):
+    pass
+
+
+def damage(queue: Spool | MemoryQueue, seq: int) -> None:
+    """Make row `seq` lost: a bad sector under the spool's row (it is set aside when met), or dropped as lost."""
+    if isinstance(queue, Spool):
+        with sqlite3.connect(queue.path) as db:
+            db.execute("UPDATE rows SET body = x'deadbeef' WHERE seq = ?", (seq,))
+    else:
+        queue.lose(seq, seq, "damaged spool row: cannot decompress")
+
+
+QueueFactory = Callable[..., "Spool | MemoryQueue"]
+
+
+@pytest.fixture(params=["spool", "memory"])
+def make_queue(request: pytest.FixtureRequest, tmp_path: Path):
+    """Return `make(measurements, backlog=False, failures=0)`: a queue holding them (seqs 1..n), the real SQLite
+    spool or a MemoryQueue; `backlog`: older than the live age (the bandwidth cap applies)."""
+    opened: list[Spool] = []
+
+    def make(items: list[Measurement], backlog: bool = False, failures: int = 0) -> Spool | MemoryQueue:
+        live_age = 0.0 if backlog else LIVE_AGE_S
+        if request.param == "spool":
+            queue: Spool | MemoryQueue = (StuckSpool if failures else RecordingSpool)(
+                tmp_path / f"spool-{len(opened)}.db", live_age_s=live_age)
+            opened.append(queue)
+        else:
+            queue = (StuckMemoryQueue if failures else RecordingMemoryQueue)(live_age_s=live_age)
+        queue.failures = failures
+        if items:
+            queue.append(items)
+        return queue
+
+    yield make
+    for spool in opened:
+        spool.close()
 
 
 class Collector:
@@ -126,26 +181,26 @@ async def collector():
         await runner.cleanup()
 
 
-def shipper_for(spool: MemorySpool, url: str, **kw) -> Shipper:
-    return Shipper(spool, spool.next_batch, url, kw.pop("credential", TOKEN), timeout=5, **kw)
+def shipper_for(queue: OutboundQueue, url: str, **kw) -> Shipper:
+    return Shipper(queue, url, kw.pop("credential", TOKEN), timeout=5, **kw)
 
 
-async def drain(shipper: Shipper, spool: MemorySpool, limit: float = 10.0) -> None:
+async def drain(shipper: Shipper, queue: Spool | MemoryQueue, limit: float = 10.0) -> None:
     task = asyncio.create_task(shipper.run())
     try:
         deadline = time.monotonic() + limit
-        while spool.rows and time.monotonic() < deadline:
+        while queue.depth() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_ok_acks_every_batch_once_in_order(collector: Collector) -> None:
-    spool = MemorySpool(measurements(25))
+async def test_ok_acks_every_batch_once_in_order(collector: Collector, make_queue: QueueFactory) -> None:
+    spool = make_queue(measurements(25))
     async with shipper_for(spool, collector.url, batch_max=10) as shipper:
         await drain(shipper, spool)
-    assert spool.rows == {}
+    assert spool.depth() == 0
     assert spool.acked == [(1, 10), (11, 20), (21, 25)]
     assert collector.seqs() == list(range(1, 26))
     first = collector.batches[0]
@@ -154,41 +209,44 @@ async def test_ok_acks_every_batch_once_in_order(collector: Collector) -> None:
     assert shipper.stats.shipped_total == 25
 
 
-async def test_400_quarantines_the_batch_and_moves_on(collector: Collector) -> None:
+async def test_400_quarantines_the_batch_and_moves_on(collector: Collector, make_queue: QueueFactory) -> None:
     collector.decide = lambda p: (400, {"error": "field up is a string"}, {}) if p["first"] == 1 else (200, {}, {})
-    spool = MemorySpool(measurements(6))
+    spool = make_queue(measurements(6))
     async with shipper_for(spool, collector.url, batch_max=3) as shipper:
         await drain(shipper, spool)
-    assert spool.quarantined == [(1, 3, "field up is a string")]
+    assert spool.refused == [(1, 3, "field up is a string")]
     assert spool.acked == [(4, 6)]
     assert shipper.stats.quarantined_total == 3
+    assert [(seq, reason) for seq, reason, _ in spool.quarantined()] == [(s, "field up is a string") for s in (1, 2, 3)]
+    assert spool.quarantined_total == 3 and spool.depth() == 0
 
 
-async def test_413_splits_until_accepted(collector: Collector) -> None:
+async def test_413_splits_until_accepted(collector: Collector, make_queue: QueueFactory) -> None:
     collector.decide = lambda p: (413, {"error": "too large"}, {}) if len(p["measurements"]) > 3 else (200, {}, {})
-    spool = MemorySpool(measurements(10))
+    spool = make_queue(measurements(10))
     async with shipper_for(spool, collector.url, batch_max=10) as shipper:
         await drain(shipper, spool)
     assert spool.acked == [(1, 2), (3, 5), (6, 7), (8, 10)]
     assert collector.seqs() == list(range(1, 11))
 
 
-async def test_413_for_a_single_measurement_quarantines_it(collector: Collector) -> None:
+async def test_413_for_a_single_measurement_quarantines_it(collector: Collector, make_queue: QueueFactory) -> None:
     collector.decide = lambda p: (413, {"error": "too large"}, {}) if p["first"] == 2 else (200, {}, {})
-    spool = MemorySpool(measurements(3))
+    spool = make_queue(measurements(3))
     async with shipper_for(spool, collector.url, batch_max=1) as shipper:
         await drain(shipper, spool)
     assert spool.acked == [(1, 1), (3, 3)]
-    assert spool.quarantined == [(2, 2, "too large even alone: too large")]
+    assert spool.refused == [(2, 2, "too large even alone: too large")]
 
 
-async def test_401_keeps_spooling_and_says_why_once(collector: Collector, caplog: pytest.LogCaptureFixture) -> None:
-    spool = MemorySpool(measurements(3))
+async def test_401_keeps_spooling_and_says_why_once(collector: Collector, caplog: pytest.LogCaptureFixture,
+                                                   make_queue: QueueFactory) -> None:
+    spool = make_queue(measurements(3))
     caplog.set_level(logging.INFO, logger="agent.shipper")
     async with shipper_for(spool, collector.url, credential="wrong") as shipper:
         task = asyncio.create_task(shipper.run())
         await asyncio.sleep(0.5)
-        assert len(spool.rows) == 3 and spool.quarantined == []
+        assert spool.depth() == 3 and spool.refused == []
         assert shipper.stats.auth_refused
         shipper.credential = TOKEN  # re-enrolled
         await asyncio.sleep(0)
@@ -200,10 +258,10 @@ async def test_401_keeps_spooling_and_says_why_once(collector: Collector, caplog
     assert len(errors) == 1 and "enroll again" in errors[0] and "stay in the spool" in errors[0]
 
 
-async def test_503_retry_after_is_honoured(collector: Collector) -> None:
+async def test_503_retry_after_is_honoured(collector: Collector, make_queue: QueueFactory) -> None:
     answers = iter([(503, {"error": "database unavailable"}, {"Retry-After": "1"})])
     collector.decide = lambda p: next(answers, (200, {}, {}))
-    spool = MemorySpool(measurements(2))
+    spool = make_queue(measurements(2))
     async with shipper_for(spool, collector.url) as shipper:
         await drain(shipper, spool)
     (t503, s1), (t200, s2) = collector.requests
@@ -219,19 +277,19 @@ async def test_429_with_http_date() -> None:
     assert parse_retry_after("999999") == 3600.0
 
 
-async def test_collector_down_then_up_delivers_everything() -> None:
-    spool = MemorySpool(measurements(4))
+async def test_collector_down_then_up_delivers_everything(make_queue: QueueFactory) -> None:
+    spool = make_queue(measurements(4))
     c = Collector()
     runner, port = await start(c.app())
     await runner.cleanup()  # the port is free again: connection refused
     async with shipper_for(spool, f"http://127.0.0.1:{port}") as shipper:
         task = asyncio.create_task(shipper.run())
         await asyncio.sleep(1.5)
-        assert shipper.stats.failures_total >= 1 and len(spool.rows) == 4
+        assert shipper.stats.failures_total >= 1 and spool.depth() == 4
         runner, _ = await start(c.app(), port=port)
         try:
             deadline = time.monotonic() + 10
-            while spool.rows and time.monotonic() < deadline:
+            while spool.depth() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         finally:
             task.cancel()
@@ -244,7 +302,7 @@ async def test_clock_offset_from_server_time() -> None:
     c = Collector(skew_ms=600_000)  # the agent's clock is 10 minutes slow
     runner, port = await start(c.app())
     try:
-        spool = MemorySpool(measurements(1))
+        spool = MemoryQueue()
         async with shipper_for(spool, f"http://127.0.0.1:{port}") as shipper:
             assert await shipper.heartbeat("running")
             assert abs(shipper.clock.offset_ms - 600_000) < 50
@@ -262,17 +320,17 @@ def test_clock_offset_prefers_the_fastest_exchange() -> None:
     assert clock.offset_ms == 500
 
 
-async def test_backlog_is_held_to_the_bandwidth_cap(collector: Collector) -> None:
-    spool = MemorySpool(measurements(60, age_s=3600))
+async def test_backlog_is_held_to_the_bandwidth_cap(collector: Collector, make_queue: QueueFactory) -> None:
+    spool = make_queue(measurements(60, age_s=3600), backlog=True)
     async with shipper_for(spool, collector.url, batch_max=20, backlog_rate=2000) as shipper:
         started = time.monotonic()
         await drain(shipper, spool, limit=30)
         elapsed = time.monotonic() - started
     sent = shipper.stats.backlog_bytes_total
-    assert spool.rows == {}
+    assert spool.depth() == 0
     assert sent > 500
     assert elapsed >= sent * 2 / 3 / 2000 * 0.9  # ≤ 2,000 bytes/s: the 3rd batch waits for the first two
-    live = MemorySpool(measurements(60))
+    live = make_queue(measurements(60))
     async with shipper_for(live, collector.url, batch_max=20, backlog_rate=2000) as shipper:
         started = time.monotonic()
         await drain(shipper, live)
@@ -280,7 +338,7 @@ async def test_backlog_is_held_to_the_bandwidth_cap(collector: Collector) -> Non
         assert shipper.stats.backlog_bytes_total == 0
 
 
-async def test_https_with_the_pinned_province_ca(tmp_path: Path) -> None:
+async def test_https_with_the_pinned_province_ca(tmp_path: Path, make_queue: QueueFactory) -> None:
     pki = make_pki(tmp_path, ["collector.test"], ["127.0.0.1"])
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(pki.province_leaf, pki.province_leaf_key)
@@ -289,84 +347,95 @@ async def test_https_with_the_pinned_province_ca(tmp_path: Path) -> None:
     try:
         ca_pem = Path(pki.province_root).read_text()
         pinned = Credential(f"https://127.0.0.1:{port}", TOKEN, "p", "c", "a", fingerprint(ca_pem), ca_pem)
-        spool = MemorySpool(measurements(2))
+        spool = make_queue(measurements(2))
         async with shipper_for(spool, pinned.collector, ssl_context=ssl_context(pinned)) as shipper:
             await drain(shipper, spool)
         assert c.seqs() == [1, 2]
         # Another CA (the public-style root) must not be trusted for this server: nothing is sent.
         other = Credential(pinned.collector, TOKEN, "p", "c", "a", None, Path(pki.root_ca).read_text())
-        spool = MemorySpool(measurements(2))
+        spool = make_queue(measurements(2))
         async with shipper_for(spool, pinned.collector, ssl_context=ssl_context(other)) as shipper:
             task = asyncio.create_task(shipper.run())
             await asyncio.sleep(0.5)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        assert len(spool.rows) == 2 and "certificate" in shipper.stats.last_error.lower()
+        assert spool.depth() == 2 and "certificate" in shipper.stats.last_error.lower()
         assert c.seqs() == [1, 2]
     finally:
         await runner.cleanup()
 
 
-class StuckDiskSpool(MemorySpool):
-    """The spool on a full disk: its first `failures` acks raise SQLite's real 'database or disk is full' error."""
-
-    def __init__(self, measurements: list[Measurement], failures: int) -> None:
-        super().__init__(measurements)
-        self.failures = failures
-        self.ack_calls = 0
-
-    def ack(self, first: int, last: int) -> None:
-        self.ack_calls += 1
-        if self.ack_calls <= self.failures:
-            raise sqlite3.OperationalError("database or disk is full")
-        super().ack(first, last)
-
-
 async def test_an_ack_the_spool_cannot_write_is_retried_without_resending_and_shipping_goes_on(
-        collector: Collector, caplog: pytest.LogCaptureFixture) -> None:
+        collector: Collector, caplog: pytest.LogCaptureFixture, make_queue: QueueFactory) -> None:
     caplog.set_level(logging.INFO, logger="agent.shipper")
-    spool = StuckDiskSpool(measurements(6), failures=3)
+    spool = make_queue(measurements(6), failures=3)
     async with shipper_for(spool, collector.url, batch_max=3) as shipper:
         task = asyncio.create_task(shipper.run())
         try:
             await asyncio.sleep(0.3)
-            assert shipper.stats.spool_failing and len(spool.rows) == 6  # still stuck on the first ack
+            assert shipper.stats.spool_failing and spool.depth() == 6  # still stuck on the first ack
             deadline = time.monotonic() + 15
-            while spool.rows and time.monotonic() < deadline:
+            while spool.depth() and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert not task.done()  # the failed acks never ended the shipping task
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-    assert spool.acked == [(1, 3), (4, 6)]
+    assert spool.acked == [(1, 3), (4, 6)] and spool.ack_calls == 5  # the first ack tried 4 times
     assert collector.seqs() == list(range(1, 7))  # the collector had the batch: it was not sent again
     assert shipper.stats.spool_errors_total == 3 and not shipper.stats.spool_failing
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "disk is full" in errors[0]  # said once per episode
 
 
-async def test_lost_ranges_ride_along_until_a_batch_carrying_them_is_acknowledged(collector: Collector) -> None:
-    pending = [[3, 3, "damaged spool row: cannot decompress"]]
-    reported: list[list] = []
+async def test_lost_ranges_ride_along_until_a_batch_carrying_them_is_acknowledged(
+        collector: Collector, make_queue: QueueFactory) -> None:
     answers = iter([(503, {"error": "database unavailable"}, {"Retry-After": "0"})])
-    collector.decide = lambda p: next(answers, (200, {}, {}))
-    spool = MemorySpool(measurements(2))
-    async with shipper_for(spool, collector.url, lost=lambda: pending,
-                           lost_reported=lambda r: reported.extend(r)) as shipper:
+    attempts: list[dict] = []
+    collector.decide = lambda p: attempts.append(p) or next(answers, (200, {}, {}))
+    spool = make_queue(measurements(3))
+    damage(spool, 1)
+    pending = [[1, 1, "damaged spool row: cannot decompress"]]
+    async with shipper_for(spool, collector.url) as shipper:
         await drain(shipper, spool)
-        assert [b.get("lost") for b in collector.batches] == [pending]  # also on the 503'd attempt
-        assert reported == pending  # only after the 2xx
-        pending.clear()
-        spool.rows[3] = measurements(1)[0]
+        assert [a.get("lost") for a in attempts] == [pending, pending]  # also on the 503'd attempt
+        assert [b.get("lost") for b in collector.batches] == [pending]
+        assert spool.pending_lost() == [] and spool.lost_total == 1  # marked reported only after the 2xx
+        assert collector.seqs() == [2, 3]
+        spool.append(measurements(1))
         await drain(shipper, spool)
     assert "lost" not in collector.batches[-1]  # optional: absent when nothing was lost
+    assert collector.seqs() == [2, 3, 4]
 
 
-async def test_a_hostile_retry_after_or_server_time_header_is_ignored_not_fatal(collector: Collector) -> None:
+async def test_evicted_ranges_ride_along_and_are_forgotten_once_acknowledged(
+        collector: Collector, make_queue: QueueFactory) -> None:
+    spool = make_queue(measurements(1))
+    assert spool.next_batch(10).first == 1  # in flight: the eviction must take older rows around it
+    spool.append(measurements(2000))
+    if isinstance(spool, MemoryQueue):
+        spool.max_rows = 3
+    else:
+        spool.max_bytes = 0  # its floor: 64 KiB of rows
+    spool.append(measurements(1))  # over the cap: the oldest rows go, but not the one in flight
+    evicted = spool.pending_evictions()
+    assert len(evicted) == 1 and evicted[0][0] == 2 and spool.dropped_total == evicted[0][1] - 1
+    async with shipper_for(spool, collector.url) as shipper:
+        await drain(shipper, spool)
+    assert collector.batches[0]["evicted"] == [list(r) for r in evicted]
+    assert all(b["evicted"] == [] for b in collector.batches[1:])
+    assert spool.pending_evictions() == []
+    delivered = set(collector.seqs())
+    assert 1 in delivered and not delivered & {s for a, b in evicted for s in range(a, b + 1)}
+    assert sorted(delivered | {s for a, b in evicted for s in range(a, b + 1)}) == list(range(1, 2003))
+
+
+async def test_a_hostile_retry_after_or_server_time_header_is_ignored_not_fatal(collector: Collector,
+                                                                                 make_queue: QueueFactory) -> None:
     # "²" passes str.isdigit() and float("²") raises: this used to end the shipping task for good.
     answers = iter([(503, {"error": "busy"}, {"Retry-After": "²", "X-Server-Time-Ms": "²"})])
     collector.decide = lambda p: next(answers, (200, {}, {}))
-    spool = MemorySpool(measurements(2))
+    spool = make_queue(measurements(2))
     async with shipper_for(spool, collector.url) as shipper:
         await drain(shipper, spool)
     assert spool.acked == [(1, 2)]

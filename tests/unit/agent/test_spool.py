@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from agent.spool import DamagedRow, Spool, SpoolBatch, SpoolWriteError
+from agent.queue import Batch
+from agent.spool import DamagedRow, Spool, SpoolWriteError
 from disk_helpers import fill, tmpfs
 from core.measurement import RESULTS, Measurement
 
@@ -536,7 +537,7 @@ class SpoolMachine(RuleBasedStateMachine):
         self.quarantined: set[int] = set()
         self.evicted_reported: set[int] = set()
         self.lost_reported: set[int] = set()
-        self.in_flight: SpoolBatch | None = None
+        self.in_flight: Batch | None = None
         self.appended = 0
 
     @rule(count=st.integers(1, 80))
