@@ -33,7 +33,6 @@ from core.version import package_version
 
 from .config import AgentConfig
 from .credentials import CredentialError, load as load_credential, ssl_context
-from .host import HostSampler
 from .runner import identity_tags
 from .scheduler import Scheduler
 from .selfmetrics import agent_measurement, config_version
@@ -167,18 +166,14 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None,
     clock = ClockOffset()
     shipper = _make_shipper(config, spool, clock)
     agent = Agent(config, spool, shipper, clock, supervisor or Supervisor())
-    sampler = await asyncio.to_thread(HostSampler, agent.tags)
-
-    async def host() -> list[Measurement]:
-        return await asyncio.to_thread(sampler.sample)
-
     if shipper is not None:
         shipper.agent_info = agent.info  # the wire's `agent` block in every request: the collector's fleet registry
     interval = config.schedule.host_interval
-    producers = [("host", interval, host), ("self", interval, agent.self_metrics)]
+    producers = [("self", interval, agent.self_metrics)]
     if shipper is not None:
         producers.append(("heartbeat", HEARTBEAT_S, agent.heartbeat))
-    agent.scheduler = Scheduler(config, agent.commit, producers=producers, clock=lambda: clock.now_ms() / 1000)
+    agent.scheduler = Scheduler(config, agent.commit, producers=producers, host=True,
+                                clock=lambda: clock.now_ms() / 1000)
     await asyncio.to_thread(agent.watch_disk)
     try:
         async with contextlib.AsyncExitStack() as stack:
