@@ -2,7 +2,7 @@
 
     reason = unavailable()                    # None, or why not (a skip reason): root, debootstrap, nspawn
     tree = cached_tree()                      # debootstrap once; cached by the package list
-    with Container(tree, workdir, binds=[checkout], veth=Veth.for_owner("10.251.0.1/30")) as box:
+    with Container(tree, workdir, binds=[binary, (checkout, "/opt/src")], veth=Veth.for_owner("10.251.0.1/30")) as box:
         box.boot()                            # systemd-nspawn --boot; waits for `systemctl is-system-running`
         box.run(["systemctl", "is-active", "x"])   # nsenter into the container's init: every namespace
         box.reboot()                          # `systemctl reboot` inside, then boot the same tree again
@@ -15,7 +15,8 @@ stays pristine: each Container boots an overlay of it (upper layer in `workdir`)
 survive its reboots and vanish with it. `systemd-nspawn --register=no --keep-unit` because this host has no
 system bus (no machined, no transient scope); `--private-network` gives the container its own network namespace,
 with only the Veth's peer end in it when one is given (moved in as soon as the container's init exists, before
-its network is configured; made again for every boot: it dies with the container's namespace). Needs root.
+its network is configured; made again for every boot: it dies with the container's namespace). A bind is a host
+path, mounted read-only at the same path inside, or (host path, path inside). Needs root.
 """
 
 from __future__ import annotations
@@ -163,17 +164,24 @@ class Veth:
 class Container:
     """A booted overlay of `tree` (see the module doc); close() (or the context manager) removes every trace."""
 
-    def __init__(self, tree: Path, workdir: Path, *, binds: Sequence[str | Path] = (),
+    def __init__(self, tree: Path, workdir: Path, *,
+                 binds: Sequence[str | Path | tuple[str | Path, str | Path]] = (),
                  veth: Veth | None = None) -> None:
         self.tree = Path(tree)
         self.workdir = Path(workdir)
         self.root = self.workdir / "root"
         self.owner = os.getpid()
         self.name = NAME.format(owner=self.owner)
-        self.binds = [str(Path(b)) for b in binds]
-        for bind in self.binds:
-            if ":" in bind or "," in bind:
-                raise ValueError(f"cannot bind {bind!r} into a container (':' or ',' in the path)")
+        self.binds: list[tuple[str, str]] = []  # (host path, path inside), mounted read-only
+        for bind in binds:
+            source, target = (str(Path(bind[0])), str(Path(bind[1]))) if isinstance(bind, tuple) else \
+                (str(Path(bind)),) * 2
+            for path in (source, target):
+                if ":" in path or "," in path:
+                    raise ValueError(f"cannot bind {path!r} into a container (':' or ',' in the path)")
+            if not Path(target).is_absolute():
+                raise ValueError(f"cannot bind to {target!r} inside a container: not an absolute path")
+            self.binds.append((source, target))
         self.veth = veth
         self.log = self.workdir / "console.log"
         self.nspawn: subprocess.Popen | None = None
@@ -211,7 +219,8 @@ class Container:
             self._veth_up()
         command = ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no", "--keep-unit",
                    "--private-network", f"--machine={self.name}", "--console=read-only",
-                   *(f"--bind-ro={b}" for b in self.binds)]
+                   *(f"--bind-ro={source}" if source == target else f"--bind-ro={source}:{target}"
+                     for source, target in self.binds)]
         started = time.monotonic()
         with open(self.log, "ab") as log:
             log.write(f"\n==== {' '.join(command)}\n".encode())

@@ -16,8 +16,8 @@ import yaml
 from lab import container as ct
 from lab.victoria import Victoria, free_port
 
-from system.harness import (CMON, HOST_ADDR, PREFIX, PROVINCE, ROOT, VENV, VM_BINARY, System, install_agent,
-                            install_collector, prepare_tree, skip_reason, wait_health)
+from system.harness import (BOX_SITE, BOX_SRC, CMON, HOST_ADDR, PREFIX, PROVINCE, ROOT, SITE, VM_BINARY, System,
+                            install_agent, install_collector, install_venv, prepare_tree, skip_reason, wait_health)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     tmp = tmp_path_factory.mktemp("system")
     ct.sweep()  # what a killed earlier run left
     veth = ct.Veth.for_owner(f"{HOST_ADDR}/{PREFIX}")
-    binds = [ROOT, *([VENV] if not VENV.is_relative_to(ROOT) else []), VM_BINARY]
+    binds = [(ROOT, BOX_SRC), (SITE, BOX_SITE), VM_BINARY]  # the checkout and its dependencies: see harness.py
     box = ct.Container(tree, tmp / "box", binds=binds, veth=veth)
     vm = Victoria(tmp / "vm")
     collector: subprocess.Popen | None = None
@@ -43,6 +43,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         box.mount()
         prepare_tree(box, veth)
         box.boot()
+        install_venv(box)
         vm.start()
         port = free_port()
         views_token = secrets.token_urlsafe(16)

@@ -1,6 +1,15 @@
 """The harness of tests/system: the service units under a real systemd, in a Debian tree booted as a container
-(lab/container.py) with this checkout and its virtual environment bind-mounted read-only at the same paths, and
-everything installed the way docs/install.md tells an operator to, through the `cmon` command.
+(lab/container.py), with everything installed the way docs/install.md tells an operator to, through the `cmon`
+command of a virtual environment at /opt/commune-monitor — which the hardened units can see wherever this checkout
+lives (under /tmp PrivateTmp=yes would hide it from them, under /home or /root ProtectHome=yes).
+
+That environment runs this checkout's code, not a copy: the checkout is bind-mounted read-only at
+/opt/commune-monitor-src and this virtual environment's site-packages (the dependencies) at
+/opt/commune-monitor-site; inside, `python3 -m venv /opt/commune-monitor` (the container's Debian Python, the one
+this virtual environment is built on) gets a .pth file naming those two directories — plain paths: the editable
+install's own .pth finder maps the packages to this host's checkout path — and a `cmon` script, this one's with
+the shebang of /opt/commune-monitor/bin/python. `cmon service install` run there writes that interpreter into
+ExecStart, as for an operator.
 
 Outside the container (this host): VictoriaMetrics and a real `cmon collector run`, listening on the host end of
 a veth whose other end is the container's only network interface — so the agent's clean stop at a reboot can
@@ -18,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -28,10 +38,14 @@ import yaml
 from lab import container as ct
 from lab.victoria import Victoria, available
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout, bound at the same path inside the container
-VENV = Path(sys.prefix)                   # its virtual environment (the unit runs this interpreter)
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: bound at BOX_SRC inside the container
+VENV = Path(sys.prefix)                   # its virtual environment (this host's `cmon`)
+SITE = Path(sysconfig.get_paths()["purelib"])  # its site-packages (the dependencies): bound at BOX_SITE
 CMON = VENV / "bin" / "cmon"
 VM_BINARY = Path("/usr/bin/victoria-metrics")
+BOX_SRC, BOX_SITE = "/opt/commune-monitor-src", "/opt/commune-monitor-site"
+BOX_VENV = "/opt/commune-monitor"  # docs/install.md's virtual environment, made inside the container
+BOX_PYTHON, BOX_CMON = f"{BOX_VENV}/bin/python", f"{BOX_VENV}/bin/cmon"  # ExecStart= gets BOX_PYTHON
 
 
 def _subnet(owner: int) -> tuple[str, str]:
@@ -50,7 +64,6 @@ STATE, COLLECTOR_STATE = "/var/lib/commune-monitor", "/var/lib/commune-monitor-c
 SPOOL = f"{STATE}/spool.db"
 PROVINCE, COMMUNE, AGENT_ID = "ha-tinh", "dong-loc", "quay-01"
 COLLECTOR_PORT_INSIDE = 443  # only CAP_NET_BIND_SERVICE lets the unprivileged collector listen here
-PROTECTED = ("/home", "/root", "/run/user")  # ProtectHome=yes hides them from the units
 VM_UNIT = """\
 # As Debian's victoria-metrics package would run it (the binary is the host's, bind-mounted): the collector's
 # unit is ordered after it.
@@ -71,17 +84,16 @@ def skip_reason() -> str | None:
         return reason
     if not CMON.exists():
         return f"no `cmon` command at {CMON} (scripts/setup.sh installs it into .venv)"
-    for path in (ROOT, VENV):
-        if any(str(path) == home or str(path).startswith(home + "/") for home in PROTECTED):
-            return (f"{path} is under {path.parts[1]!r}, which the hardened units cannot see (ProtectHome=yes): "
-                    f"run the suite from a checkout outside /home, /root and /run/user")
-    if ":" in str(ROOT) or ":" in str(VENV):
-        return f"{ROOT}: a path with ':' cannot be bind-mounted by systemd-nspawn"
+    if sysconfig.get_paths()["platlib"] != str(SITE):
+        return f"the virtual environment has two site-packages ({SITE}, {sysconfig.get_paths()['platlib']})"
+    for path in (ROOT, SITE):
+        if ":" in str(path) or "," in str(path):
+            return f"{path}: a path with ':' or ',' cannot be bind-mounted by systemd-nspawn"
     home = next((line.split("=", 1)[1].strip() for line in (VENV / "pyvenv.cfg").read_text().splitlines()
                  if line.startswith("home")), "")
     if home != "/usr/bin":
         return (f"the virtual environment is built on {home!r}, not Debian's /usr/bin/python3: the container "
-                f"({ct.SUITE}) could not run it")
+                f"({ct.SUITE}) could not run its compiled dependencies")
     return None
 
 
@@ -101,8 +113,8 @@ class System:
         return self.box.run(list(argv), **kwargs)
 
     def cmon(self, *argv: str, **kwargs: Any) -> subprocess.CompletedProcess:
-        """Run the `cmon` command inside the container (as root, like the operator in docs/install.md)."""
-        return self.box.run([str(CMON), *argv], **kwargs)
+        """Run /opt/commune-monitor/bin/cmon inside the container (as root, like the operator in docs/install.md)."""
+        return self.box.run([BOX_CMON, *argv], **kwargs)
 
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
@@ -153,7 +165,7 @@ class System:
         """The spool's meta table, read as the service user (root would leave root-owned -wal/-shm files)."""
         code = ("import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
                 "print(json.dumps({k: str(v) for k, v in c.execute('SELECT key, value FROM meta')}))")
-        return json.loads(self.box.run([str(VENV / "bin" / "python"), "-c", code, SPOOL], user="cmon").stdout)
+        return json.loads(self.box.run([BOX_PYTHON, "-c", code, SPOOL], user="cmon").stdout)
 
     def http_inside(self, url: str) -> tuple[int, str]:
         """GET `url` from inside the container (its own network namespace)."""
@@ -202,6 +214,22 @@ def prepare_tree(box: ct.Container, veth: ct.Veth) -> None:
     subprocess.run(["systemctl", f"--root={box.root}", "enable", "systemd-networkd.service",
                     "systemd-networkd-wait-online.service"], check=True, capture_output=True, text=True)
     box.write("/etc/systemd/system/victoria-metrics.service", VM_UNIT)
+
+
+def install_venv(box: ct.Container) -> None:
+    """docs/install.md's `python3 -m venv /opt/commune-monitor`, inside the booted container; then, instead of
+    `pip install`, this checkout and this virtual environment's site-packages (bound at BOX_SRC and BOX_SITE) on its
+    path and this `cmon` script (see the module doc)."""
+    box.run(["/usr/bin/python3", "-m", "venv", "--without-pip", BOX_VENV])
+    site = box.run([BOX_PYTHON, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    box.write(f"{site}/commune-monitor-test.pth", f"{BOX_SRC}\n{BOX_SITE}\n")
+    script = CMON.read_text().splitlines(keepends=True)
+    assert script[0].startswith("#!"), script[:1]
+    box.write(BOX_CMON, f"#!{BOX_PYTHON}\n" + "".join(script[1:]), 0o755)
+    # the service user imports this checkout's code (readable through the bind, not the host's copy of a path)
+    where = box.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", BOX_PYTHON, "-c",
+                     "import cmon, yaml; print(cmon.__file__); print(yaml.__file__)"]).stdout.split()
+    assert where == [f"{BOX_SRC}/cmon/__init__.py", f"{BOX_SITE}/yaml/__init__.py"], where
 
 
 def wait_health(url: str, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
@@ -253,6 +281,8 @@ def install_agent(system: System, host_config: Path, url: str) -> None:
     assert "created system user cmon" in out and f"systemctl enable --now {AGENT_UNIT}" in out, out
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "no credential yet" in warnings[0], out  # not enrolled yet: only that
+    unit = system.run("cat", f"/etc/systemd/system/{AGENT_UNIT}").stdout  # the interpreter `cmon` ran under
+    assert f"\nExecStart={BOX_PYTHON} -m cmon --log-level info agent run -c {AGENT_YAML}\n" in unit, unit
     system.wait_active(AGENT_UNIT)
     # 4. enrollment: the token on stdin; the credential handed to the service user; a restart
     token = subprocess.run([str(CMON), "collector", "token", "create", "-c", str(host_config), "--commune", COMMUNE,
