@@ -822,7 +822,7 @@ def _salvage(db: sqlite3.Connection, fallback: dict[str, Any] | None) -> _Salvag
     low = _try(lambda: db.execute("SELECT min(seq) FROM rows").fetchone()[0], None)
     _read_rows(db, int(low) if low is not None else 1, next_seq - 1, out)
     for table in ("quarantine", "evicted", "lost", "damaged"):
-        out.tables[table] = _try(lambda: db.execute(f"SELECT * FROM {table}").fetchall(), [])
+        out.tables[table] = _try(lambda t=table: db.execute(f"SELECT * FROM {t}").fetchall(), [])
     return out
 
 

@@ -23,7 +23,6 @@ collector/test_collector_decode.py checks both give the same answer).
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any

@@ -165,7 +165,7 @@ def _wait_inside_health(system: System, timeout: float = 20.0) -> None:
             return
         except Exception:
             if time.monotonic() > deadline:
-                raise AssertionError(f"the collector's /health did not answer: {system.journal(COLLECTOR_UNIT)}")
+                raise AssertionError(f"the collector's /health did not answer: {system.journal(COLLECTOR_UNIT)}") from None
             time.sleep(0.2)
 
 

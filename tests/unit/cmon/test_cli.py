@@ -102,7 +102,7 @@ def test_probe_filters_by_target_service_and_line(tmp_path: Path, capsys, listen
 
     def pairs(*extra: str) -> tuple[int, list[tuple[str, str]]]:
         status, out, _ = run(capsys, "probe", "-c", path, "--json", *extra)
-        return status, [(json.loads(l)["tags"]["target"], json.loads(l)["tags"]["line"]) for l in out.splitlines()]
+        return status, [(json.loads(row)["tags"]["target"], json.loads(row)["tags"]["line"]) for row in out.splitlines()]
 
     assert pairs("--target", "ioffice-https") == (0, [("ioffice-https", "primary"), ("ioffice-https", "backup")])
     assert pairs("--line", "backup") == (0, [("ioffice-https", "backup"), ("ioffice-alt", "backup")])
@@ -178,7 +178,7 @@ def test_probe_the_lab_config_against_the_real_province(province, tmp_path: Path
     if missing:
         pytest.skip(f"probe modules not available in this tree yet: {sorted(missing)}")
     text = (Path(__file__).resolve().parents[3] / "configs" / "lab.yaml").read_text(encoding="utf-8")
-    for role, address in PROVINCE_ADDRESSES.items():
+    for address in PROVINCE_ADDRESSES.values():
         text = text.replace(f"198.51.100.{address.rsplit('.', 1)[1]}", address)
     text = text.replace("198.51.100.80", "127.0.0.80").replace("10.20.0.11", "127.0.0.2")
     assert "198.51.100." not in text.split("agent:")[1]  # the header comment may mention the range

@@ -27,27 +27,12 @@ import pytest
 from collector.acks import MAX_ACKED, MAX_SPOOLS, SPOOL_IDLE_S, Acks
 from core.ranges import merge, subtract
 from collector.admission import ENROLL_FAILURES, ENROLL_INFLIGHT, ENROLL_REFILL_S, Enrollments, source
-from collector.app_keys import ACKS, AUTH
+from collector.app_keys import ACKS
 from collector.db import connect
-from collector_helpers import (CollectorProcess, collector_client, credential, enroll_direct, http_post, make_config,
-                               payload, post)
-from lab.victoria import Victoria, available
+from collector_helpers import (CollectorProcess, credential, enroll_direct, http_post, payload, post)
+from lab.victoria import available
 
 needs_vm = pytest.mark.skipif(available() is not None, reason=available() or "")
-
-
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory):
-    if available() is not None:
-        pytest.skip(available())
-    with Victoria(tmp_path_factory.mktemp("vm"), retention="30d") as started:
-        yield started
-
-
-@pytest.fixture
-async def client(vm, tmp_path):
-    async with collector_client(make_config(tmp_path, vm.url)) as c:
-        yield c
 
 
 def scatter(conn: sqlite3.Connection, agent: str, spool: str, count: int) -> None:

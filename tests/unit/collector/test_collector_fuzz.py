@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from collector.decode import _slow, decode_ingest, identity_suffix
 from collector.registry import Registry
 from collector.auth import Identity
-from collector.validate import (PayloadError, Rules, check_agent, check_depth, check_enroll, check_heartbeat,
+from collector.validate import (PayloadError, Rules, check_depth, check_enroll, check_heartbeat,
                                 check_ingest, parse_json)
 from core.wire import MAX_DEPTH, MAX_VALUE
 from collector_helpers import CollectorProcess, enroll_direct, expected_pairs, payload

@@ -18,24 +18,12 @@ from collector.auth import Identity
 from collector.db import connect
 from collector.registry import Registry
 from core.wire import MAX_SEQ, MAX_VALUE
-from collector_helpers import TAGS, collector_client, credential, expected_pairs, make_config, payload, post
-from lab.victoria import Victoria, available
+from collector_helpers import TAGS, credential, expected_pairs, payload, post
+from lab.victoria import available
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
 
 HB = "/api/v1/heartbeat"
-
-
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory):
-    with Victoria(tmp_path_factory.mktemp("vm"), retention="30d") as started:
-        yield started
-
-
-@pytest.fixture
-async def client(vm, tmp_path):
-    async with collector_client(make_config(tmp_path, vm.url)) as c:
-        yield c
 
 
 async def raw_post(client, cred: str | None, raw: bytes, path: str = "/api/v1/ingest", gzipped: bool = True):

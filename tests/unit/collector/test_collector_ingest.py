@@ -15,19 +15,6 @@ from lab.victoria import Victoria, available
 pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
 
 
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory):
-    """One VictoriaMetrics for the module (tests use distinct agents/targets, so they do not see each other)."""
-    with Victoria(tmp_path_factory.mktemp("vm"), retention="30d") as started:
-        yield started
-
-
-@pytest.fixture
-async def client(vm, tmp_path):
-    async with collector_client(make_config(tmp_path, vm.url)) as c:
-        yield c
-
-
 def pairs(vm: Victoria, agent: str) -> set:
     return {(labels, t) for labels, t, _ in vm.samples(f'{{agent="{agent}"}}')}
 

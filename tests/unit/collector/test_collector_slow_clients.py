@@ -17,7 +17,7 @@ import pytest
 
 from collector.app import runner_kwargs
 from collector_helpers import CollectorProcess, enroll_direct, http_post, make_config, payload
-from lab.victoria import Victoria, available
+from lab.victoria import available
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=available() or "")
 
@@ -79,12 +79,6 @@ def send_batch(url: str, credential: str, data: dict) -> tuple[int, dict, float]
     started = time.monotonic()
     status, answer, _ = http_post(url + "/api/v1/ingest", raw, headers, timeout=20)
     return status, answer, time.monotonic() - started
-
-
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory):
-    with Victoria(tmp_path_factory.mktemp("vm"), retention="30d") as started:
-        yield started
 
 
 def test_40_slow_loris_uploads_of_one_credential_do_not_stop_another_agent(vm, tmp_path):
