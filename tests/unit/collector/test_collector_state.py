@@ -5,6 +5,8 @@ through prometheus_client keeping every name it had."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+import re
 import sqlite3
 
 import pytest
@@ -191,6 +193,7 @@ def test_a_failed_acks_commit_rolls_back_and_reloads(tmp_path) -> None:
 
 
 # Every name the hand-written exposition had (docs/metrics.md, docs/collector.md, tests and dashboards use them).
+DOCS_METRICS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
 NAMES = ["cmon_collector_requests_total", "cmon_collector_lines_written_total", "cmon_collector_samples_written_total",
          "cmon_collector_lines_skipped_total", "cmon_collector_batches_refused_total",
          "cmon_collector_db_errors_total", "cmon_collector_write_seconds", "cmon_collector_shed_total",
@@ -226,6 +229,16 @@ def test_metrics_keep_their_names_labels_and_types() -> None:
         assert line in text.splitlines(), line
     assert metrics.shed == 1
     assert Metrics().value("cmon_collector_shed_total") == 0  # one registry per app: nothing shared
+
+
+def test_every_metric_the_collector_exposes_is_in_the_metrics_table() -> None:
+    """docs/metrics.md's "Written by the collector" table lists every family /metrics renders."""
+    text = Metrics().render(0, 0, 0, 0.0, degraded=0, registry_refused=0).decode()
+    exposed = {name for name in re.findall(r"^# TYPE (cmon_collector_\w+) ", text, re.M)
+               if not name.endswith("_created")}  # prometheus_client's start-time companions
+    documented = set(re.findall(r"^\| `(cmon_collector_\w+)` \|", DOCS_METRICS.read_text(encoding="utf-8"), re.M))
+    assert exposed >= set(NAMES)
+    assert exposed - documented == set(), "add them to docs/metrics.md"
 
 
 async def test_the_collector_does_not_start_on_a_newer_state_file(tmp_path) -> None:
