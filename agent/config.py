@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import AbstractSet, Any, Mapping
 
 from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
 
@@ -212,7 +212,7 @@ class _Validator:
 
     def _validate_model(
         self, model: type[BaseModel], data: Any, base: Path_, origin: Mapping[str, Path_] | None = None,
-        skip: set[Path_] = frozenset(),
+        skip: AbstractSet[Path_] = frozenset(),
     ) -> Any:
         """Validate `data` at `base`; on failure record each error (mapped to defaults when merged from there)."""
         instance, issues = validate_model(model, data, self.located, base, origin, self.located.refused | skip)

@@ -72,9 +72,9 @@ def table(measurements: Sequence[Measurement]) -> str:
         )
         for m in measurements
     ]
-    rows = [tuple(unicodedata.normalize("NFC", cell) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    cells = [tuple(unicodedata.normalize("NFC", cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines) + "\n" + summary(measurements) + "\n"
 
 

@@ -46,7 +46,8 @@ def agent_measurement(tags: dict[str, str], version: str, config_hash: str, **co
         "rss_bytes": process.memory_info().rss,
         "cpu_s": cpu.user + cpu.system,
     }
-    return Measurement(NAME, {**tags, "version": version}, fields, int(time.time() * 1000))
+    known = {key: value for key, value in fields.items() if value is not None}  # Measurement drops None anyway
+    return Measurement(NAME, {**tags, "version": version}, known, int(time.time() * 1000))
 
 
 __all__ = ["NAME", "agent_measurement", "config_number", "config_version"]

@@ -158,7 +158,11 @@ class Shipper:
     _unacked: tuple[int, int, list[tuple[int, int]], list[tuple[int, int, str]]] | None = None
 
     async def __aenter__(self) -> "Shipper":
-        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.url.startswith("https") else False, limit=2)
+        # no context given for https: aiohttp's default verification (what ssl=None meant to aiohttp)
+        tls: ssl.SSLContext | bool = False
+        if self.url.startswith("https"):
+            tls = self.ssl_context if self.ssl_context is not None else True
+        connector = aiohttp.TCPConnector(ssl=tls, limit=2)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout, connect=min(10.0, self.timeout))
         )
@@ -248,7 +252,10 @@ class Shipper:
         if self.stats.spool_failing:
             log.warning("the spool deletes acknowledged batches again")
             self.stats.spool_failing = False
-        for report, ranges in ((self.queue.evictions_reported, evicted), (self.queue.lost_reported, lost)):
+        reports: list[tuple[Callable[[list[Any]], None], list[Any]]] = [
+            (self.queue.evictions_reported, evicted), (self.queue.lost_reported, lost),
+        ]
+        for report, ranges in reports:
             if ranges:
                 try:
                     report(ranges)

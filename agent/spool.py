@@ -37,6 +37,7 @@ import uuid
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -605,7 +606,7 @@ class Spool:
             if problem != "ok":
                 self._rebuild(f"quick_check: {problem}")
                 out["rebuilt"] = 1
-        after = 0
+        after: int | None = 0
         while after is not None:
             with self._lock:
                 if self._closed:
@@ -822,8 +823,13 @@ def _salvage(db: sqlite3.Connection, fallback: dict[str, Any] | None) -> _Salvag
     low = _try(lambda: db.execute("SELECT min(seq) FROM rows").fetchone()[0], None)
     _read_rows(db, int(low) if low is not None else 1, next_seq - 1, out)
     for table in ("quarantine", "evicted", "lost", "damaged"):
-        out.tables[table] = _try(lambda t=table: db.execute(f"SELECT * FROM {t}").fetchall(), [])
+        out.tables[table] = _try(partial(_select_all, db, table), [])
     return out
+
+
+def _select_all(db: sqlite3.Connection, table: str) -> list[Any]:
+    """Return every row of `table` (a function, not a lambda in the loop: bound to this table, and typed)."""
+    return db.execute(f"SELECT * FROM {table}").fetchall()
 
 
 def _read_rows(db: sqlite3.Connection, lo: int, hi: int, out: _Salvage) -> None:

@@ -29,7 +29,7 @@ import asyncio
 import sqlite3
 import time
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from core.ranges import Range, insert, merge, size, subtract, touching
 
@@ -138,7 +138,8 @@ class Acks:
     def _forget(self, agent: str, spool: str) -> None:
         """Drop an idle spool's cache (its ranges stay in the file and are read again if it comes back)."""
         key = (agent, spool)
-        for cache in (*self._cache.values(), self._lost):
+        caches: list[dict[tuple[str, str], Any]] = [*self._cache.values(), self._lost]
+        for cache in caches:
             cache.pop(key, None)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
@@ -161,8 +162,8 @@ class Acks:
                         "report contiguous ranges")
         return None
 
-    async def record(self, agent: str, spool: str, first: int, last: int, *, evicted: list[Range] = (),
-                     lost: list[tuple[int, int, str]] = ()) -> tuple[int, int]:
+    async def record(self, agent: str, spool: str, first: int, last: int, *, evicted: Sequence[Range] = (),
+                     lost: Sequence[tuple[int, int, str]] = ()) -> tuple[int, int]:
         """Durably add [first, last] to the acknowledged ranges, `evicted` and `lost` to theirs.
 
         Return how many seqs were newly recorded as (evicted, lost): a resent report counts nothing."""
@@ -192,8 +193,8 @@ class Acks:
         changes.append(("spools", None, int(now * 1000)))
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        for table, reason, value in changes:
-            self._pending.append((table, key, reason, value, future))
+        for table, why, value in changes:
+            self._pending.append((table, key, why, value, future))
         if self._committing is None or self._committing.done():
             self._committing = asyncio.create_task(self._commit_loop())
         await future

@@ -111,7 +111,12 @@ class Admission:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiters.append(waiter)
-        timer = loop.call_later(self.wait_s, lambda: waiter.done() or waiter.set_result(False))
+
+        def expire() -> None:
+            if not waiter.done():
+                waiter.set_result(False)
+
+        timer = loop.call_later(self.wait_s, expire)
         try:
             return await waiter
         except asyncio.CancelledError:  # the client went away: pass on a place handed over meanwhile

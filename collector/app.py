@@ -114,6 +114,8 @@ def ssl_context(config: CollectorConfig) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # ListenSection's validator requires both files unless allow_http
+    assert config.listen.cert_file is not None and config.listen.key_file is not None
     context.load_cert_chain(config.listen.cert_file, config.listen.key_file)
     return context
 

@@ -122,10 +122,10 @@ class Registry:
         except BaseException:  # the file itself failed (disk full, I/O): keep every row dirty for the next flush
             self._dirty |= dirty
             raise
-        for key, exc in refused:
+        for key, error in refused:
             self.refused += 1
             log.error("fleet registry: the row of %s/%s cannot be stored (%s: %s); kept as it was",
-                      key[0], key[1], type(exc).__name__, exc)
+                      key[0], key[1], type(error).__name__, error)
             self._restore(key)
         return written
 

@@ -25,7 +25,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from core.wire import (FIELD_NAME, MAX_DEPTH, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_SEQ, MAX_TASK_ERROR, MAX_TASKS,
@@ -74,7 +74,7 @@ class Batch:
     points: list[Point]
     evicted: list[tuple[int, int]]
     agent: dict[str, Any]
-    lost: list[tuple[int, int, str]] = ()
+    lost: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

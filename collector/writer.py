@@ -38,7 +38,9 @@ class Writer:
     def __init__(self, config: DatabaseSection) -> None:
         self.config = config
         self.client = InfluxDBClient(
-            url=str(config.url), token=config.token or None, org=config.org, timeout=int(config.timeout * 1000),
+            # influxdb_client annotates `token: str = None`; None (no token: no Authorization header) is meant
+            url=str(config.url), token=config.token or None,  # type: ignore[arg-type]
+            org=config.org, timeout=int(config.timeout * 1000),
             retries=False, connection_pool_maxsize=config.concurrency,
         )
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
@@ -53,7 +55,8 @@ class Writer:
         started = time.perf_counter()
         try:
             self.api.write(bucket=self.config.bucket, org=self.config.org, record=body if isinstance(body, bytes) else body.encode(),
-                           write_precision=WritePrecision.MS)
+                           # a str constant (OpenAPI-generated class), annotated as the class itself
+                           write_precision=WritePrecision.MS)  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
                 raise DatabaseRejected(f"the database refused the write: {exc.status} {exc.reason}: "

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import AfterValidator, Field, model_validator
 from yarl import URL
 
@@ -240,7 +240,7 @@ class _Resolver(AbstractResolver):
         self.run = run
         self.answers: dict[str, list[str]] = {}
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         addresses = self.answers.get(host)
         if addresses is None:
             addresses, dns_ms = await resolve(self.run.ctx, host, allowed_families(self.run.ctx))

@@ -33,7 +33,7 @@ class ImapSession(MailSession):
     """A MailSession that sends tagged commands and reads until their tagged completion."""
 
     counter = 0
-    capability_set: set[str] = frozenset()
+    capability_set: frozenset[str] | set[str] = frozenset()
 
     def goodbye(self) -> str:
         """Return a tagged LOGOUT."""

@@ -47,8 +47,9 @@ class Config(MailConfig):
 class SmtpSession(MailSession):
     """A MailSession that reads SMTP replies and remembers the last reply code."""
 
+    config: Config  # always this module's Config (probe() below); narrows MailSession.config
     last_code: int | None = None
-    extensions: set[str] = frozenset()
+    extensions: frozenset[str] | set[str] = frozenset()
 
     def goodbye(self) -> str:
         """Return QUIT."""
@@ -121,7 +122,7 @@ class SmtpSession(MailSession):
         text = await self.command(f"EHLO {name}", (250,), "protocol_error", "EHLO")
         return {line.strip().upper() for line in text.splitlines()[1:]}
 
-    async def auth(self, extensions: set[str], username: str, password: str) -> None:
+    async def auth(self, extensions: frozenset[str] | set[str], username: str, password: str) -> None:
         """Log in with AUTH PLAIN (or LOGIN when that is all the server offers)."""
         mechanisms = set().union(*(set(e[5:].split()) for e in extensions if e.startswith(("AUTH ", "AUTH="))))
         if not mechanisms:

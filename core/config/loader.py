@@ -215,32 +215,37 @@ class _BudgetLoader(yaml.SafeLoader):
         self.path.append(_path_part(parent, index))
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
-            node = super().compose_node(parent, index)
+            node = self._compose(parent, index)
             self._alias(node, event)
         elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             self._count(event)
             if len(self.open) >= self.limits.max_depth:
-                raise _Refused(event.start_mark.line + 1, f"nested deeper than {self.limits.max_depth} levels: "
+                raise _Refused(_line(event), f"nested deeper than {self.limits.max_depth} levels: "
                                "a config needs a handful")
             self.open.append([1, 0])
-            node = super().compose_node(parent, index)
+            node = self._compose(parent, index)
             self._close(node, event)
         else:
             self._count(event)
-            node = super().compose_node(parent, index)
+            node = self._compose(parent, index)
             self._child(1, 0)
             if event.anchor is not None:
                 self.sizes[id(node)] = (1, 0)
         self.path.pop()  # not in `finally`: after an error the path says where it happened
         return node
 
+    def _compose(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        node = super().compose_node(parent, index)
+        assert node is not None  # typeshed says `Node | None`; PyYAML's compose_node always returns a node or raises
+        return node
+
     def _count(self, event: yaml.Event) -> None:
         self.nodes += 1
         if self.nodes > self.limits.max_nodes:
-            raise _Refused(event.start_mark.line + 1, f"more than {self.limits.max_nodes:,} keys and values: "
+            raise _Refused(_line(event), f"more than {self.limits.max_nodes:,} keys and values: "
                            "a config needs a few hundred (is this the right file?)")
 
-    def _close(self, node: yaml.Node, event: yaml.Event) -> None:
+    def _close(self, node: yaml.Node, event: yaml.CollectionStartEvent) -> None:
         size, deepest = self.open.pop()
         self._child(size, deepest + 1)
         if event.anchor is not None:
@@ -253,7 +258,7 @@ class _BudgetLoader(yaml.SafeLoader):
             frame[1] = max(frame[1], height)
 
     def _alias(self, node: yaml.Node, event: yaml.AliasEvent) -> None:
-        line = event.start_mark.line + 1
+        line = _line(event)
         if id(node) not in self.sizes:  # its anchor's node is still open: the alias is inside it
             raise _Refused(line, f"alias *{event.anchor} is inside the value it names (a recursive alias)")
         size, height = self.sizes[id(node)]
@@ -264,6 +269,11 @@ class _BudgetLoader(yaml.SafeLoader):
         if len(self.open) + height > self.limits.max_depth:
             raise _Refused(line, f"alias *{event.anchor} nests values deeper than {self.limits.max_depth} levels")
         self._child(size, height)
+
+
+def _line(event: yaml.Event) -> int:
+    """Return the 1-based line an event starts on (PyYAML's parser always sets the mark; 0 if not)."""
+    return event.start_mark.line + 1 if event.start_mark is not None else 0
 
 
 def _path_part(parent: yaml.Node | None, index: Any) -> Any:
@@ -305,7 +315,7 @@ class _Builder:
             return items
         return self._scalar(node, path)
 
-    def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
+    def _scalar(self, node: yaml.Node, path: Path_) -> Any:
         """Construct one scalar; a value PyYAML cannot or should not construct becomes an issue and None."""
         line = node.start_mark.line + 1
         if node.tag == _INT_TAG and _digits(node.value) > self.limits.max_digits:

@@ -57,7 +57,7 @@ def walk_loc(data: Any, loc: tuple, error_type: str) -> Path_:
     return tuple(path)
 
 
-def plain_message(error: dict[str, Any], known_keys: Iterable[str] = ()) -> str:
+def plain_message(error: Mapping[str, Any], known_keys: Iterable[str] = ()) -> str:
     """Turn one pydantic error into a plain sentence (the key path is reported separately)."""
     kind = error["type"]
     value = error.get("input")
@@ -129,7 +129,7 @@ def validate_model(
     for error in errors:
         loc = walk_loc(data, error["loc"], error["type"])
         full = (*base, *loc)
-        if origin and loc and loc[0] in origin:
+        if origin and loc and isinstance(loc[0], str) and loc[0] in origin:
             full = (*origin[loc[0]], *loc[1:])
         if any(full[: len(s)] == s for s in skip):
             continue

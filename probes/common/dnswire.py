@@ -44,7 +44,7 @@ def system_resolvers() -> tuple[str, ...]:
     import dns.resolver  # only here: it pulls in dns.query, ssl, DoH/DoQ support (~1.5 MiB) the probes never use
 
     try:
-        return tuple(dns.resolver.Resolver(configure=True).nameservers)
+        return tuple(str(ns) for ns in dns.resolver.Resolver(configure=True).nameservers)
     except dns.resolver.NoResolverConfiguration:
         return ()
 
@@ -225,8 +225,9 @@ async def resolve(ctx: ProbeContext, host: str, families: tuple[int, ...]) -> tu
         task = tasks[rdtype]
         if task.cancelled():
             continue
-        if task.exception() is not None:
-            failures.append(task.exception())
+        exc = task.exception()
+        if exc is not None:
+            failures.append(exc)
         else:
             addresses.extend(task.result())
     if addresses:

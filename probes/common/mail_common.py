@@ -16,7 +16,7 @@ import re
 import ssl
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NoReturn
 
 from pydantic import Field, FilePath, field_validator, model_validator
 
@@ -164,7 +164,7 @@ class MailSession:
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         self.fields["cert_days_left"] = days_left(der, not_after=verified_not_after(ssl_object))
 
-    async def _explain(self, exc: ssl.SSLCertVerificationError) -> None:
+    async def _explain(self, exc: ssl.SSLCertVerificationError) -> NoReturn:
         """Raise the reason a certificate was refused, from the chain a second, unverified session receives."""
         chain: list[bytes] = []
         budget = min(self.ctx.remaining(), DIAGNOSE_MAX_S)
@@ -175,6 +175,7 @@ class MailSession:
                     await probe.connect()
                     if self.config.tls == "starttls":
                         await probe.open_dialogue()
+                    assert probe.conn is not None  # connect() set it or raised
                     chain = sent_chain(probe.conn.writer.get_extra_info("ssl_object"))
             except Exception:  # noqa: BLE001 - the diagnosis is best effort; the failure stands either way
                 chain = []

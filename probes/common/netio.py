@@ -20,7 +20,7 @@ from .sockets import ProbeFailure, connect_socket
 
 def allowed_families(ctx: ProbeContext) -> tuple[int, ...]:
     """Return the address families this probe may use (config `ip_family` and the line's source address)."""
-    wanted = {"ipv4": (socket.AF_INET,), "ipv6": (socket.AF_INET6,)}.get(
+    wanted: tuple[int, ...] = {"ipv4": (socket.AF_INET,), "ipv6": (socket.AF_INET6,)}.get(
         ctx.target.ip_family, (socket.AF_INET, socket.AF_INET6)
     )
     source = ctx.line.config.source if ctx.line else None

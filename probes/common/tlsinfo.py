@@ -133,7 +133,8 @@ def load(der: bytes) -> x509.Certificate | None:
 def verified_not_after(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
     """Return the verified leaf's notAfter as ssl gives it ("Jun  1 12:00:00 2030 GMT"); None unverified."""
     info = ssl_object.getpeercert() if ssl_object is not None else None  # {} when the chain was not verified
-    return info.get("notAfter") if info else None
+    not_after = info.get("notAfter") if info else None
+    return not_after if isinstance(not_after, str) else None
 
 
 def days_left(der: bytes | None, now: dt.datetime | None = None, not_after: str | None = None) -> float | None:
