@@ -270,6 +270,8 @@ def test_kill_9_mid_stream_loses_no_committed_range_and_keeps_seqs_gap_free(tmp_
             time.sleep(rnd.uniform(0, 0.02))  # land anywhere: mid-transaction, mid-checkpoint, mid-eviction
             child.send_signal(signal.SIGKILL)
             for line in child.stdout:  # commits that happened before the signal landed
+                if not line.endswith("\n"):  # a print the kill cut short (the pipe's buffer filled mid-print):
+                    break  # its rows are checked like any other below, by `present` and the seqs' order
                 first, last = map(int, line.split())
                 committed.append((first, last))
         finally:
