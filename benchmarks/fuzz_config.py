@@ -17,11 +17,11 @@ arguments are libFuzzer's (`-max_total_time`, `-jobs`, `-runs`, a corpus folder 
 from __future__ import annotations
 
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import atheris
+
+from benchmarks.fuzzing import fuzz
 
 with atheris.instrument_imports():  # coverage of PyYAML's pure-Python scanner/parser/composer and our code
     import yaml  # noqa: F401  (instrumented before our modules import it)
@@ -71,18 +71,8 @@ def seed_corpus(folder: Path) -> None:
 
 
 def main() -> None:
-    """Run atheris over a seeded corpus with the YAML dictionary; libFuzzer's arguments pass through."""
-    work = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
-    corpus = work / "corpus"
-    corpus.mkdir()
-    seed_corpus(corpus)
-    dictionary = work / "yaml.dict"
-    dictionary.write_text("".join(f'"{token}"\n' for token in TOKENS), encoding="utf-8")
-    args = [sys.argv[0], f"-dict={dictionary}", "-max_len=8192", "-rss_limit_mb=1024", "-timeout=10",
-            f"-artifact_prefix={work}/", *sys.argv[1:], str(corpus)]
-    print(f"corpus, dictionary and findings in {work}", file=sys.stderr)
-    atheris.Setup(args, test_one_input)
-    atheris.Fuzz()
+    """Run atheris over the seeded corpus with the dictionary of tokens; libFuzzer's arguments pass through."""
+    fuzz("config", seed_corpus, "".join(f'"{token}"\n' for token in TOKENS), test_one_input, max_len=8192, rss_limit_mb=1024)
 
 
 if __name__ == "__main__":

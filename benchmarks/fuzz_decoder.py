@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import atheris
+
+from benchmarks.fuzzing import fuzz
 
 with atheris.instrument_imports():  # coverage of our decoder and validators (msgspec itself is C)
     from collector.auth import Identity
@@ -127,18 +127,8 @@ def seed_corpus(folder: Path) -> None:
 
 
 def main() -> None:
-    """Run atheris over a seeded corpus with the JSON dictionary; libFuzzer's arguments pass through."""
-    work = Path(tempfile.mkdtemp(prefix="fuzz-decoder-"))
-    corpus = work / "corpus"
-    corpus.mkdir()
-    seed_corpus(corpus)
-    dictionary = work / "json.dict"
-    dictionary.write_text("".join(f'"{_escaped(token)}"\n' for token in TOKENS), encoding="ascii")
-    args = [sys.argv[0], f"-dict={dictionary}", "-max_len=65536", "-rss_limit_mb=2048", "-timeout=10",
-            f"-artifact_prefix={work}/", *sys.argv[1:], str(corpus)]
-    print(f"corpus, dictionary and findings in {work}", file=sys.stderr)
-    atheris.Setup(args, test_one_input)
-    atheris.Fuzz()
+    """Run atheris over the seeded corpus with the dictionary of tokens; libFuzzer's arguments pass through."""
+    fuzz("decoder", seed_corpus, "".join(f'"{_escaped(token)}"\n' for token in TOKENS), test_one_input, max_len=65536, rss_limit_mb=2048)
 
 
 if __name__ == "__main__":
