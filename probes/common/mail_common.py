@@ -180,7 +180,7 @@ class MailSession:
             except Exception:  # noqa: BLE001 - the diagnosis is best effort; the failure stands either way
                 chain = []
             finally:
-                await probe.close(wait_s=0.2)
+                await probe.close(wait_s=0.5)
         result, detail = explain(exc, chain, self.server_name)
         self.fields["cert_days_left"] = days_left(chain[0]) if chain else None
         raise ProbeFailure(result, detail) from exc
@@ -217,7 +217,10 @@ class MailSession:
                 if budget > 0:
                     async with asyncio.timeout(budget):
                         await self.conn.writer.drain()
-                        await self.conn.reader.read(4096)  # the reply; its content no longer matters
+                        # Until the server hangs up: a greeting still unread would otherwise pass for the
+                        # reply, and closing before the server read our goodbye makes it log an aborted session.
+                        while await self.conn.reader.read(4096):
+                            pass
         except Exception:  # noqa: BLE001 - saying goodbye must never fail a probe
             pass
         await self.conn.close()
