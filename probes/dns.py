@@ -30,6 +30,8 @@ from .common.netio import classify
 from .common.sockets import family_of, line_socket
 
 NAME = "dns"
+# The fields it can emit (measurement `probe`): documented in docs/probes/dns.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = ("up", "result_code", "duration_ms", "dns_ms", "retries", "rcode", "answers")
 
 _LABEL = re.compile(r"^(\*|[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)$")
 EDNS_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation, which lossy lines make worse

@@ -32,6 +32,13 @@ from core.measurement import Measurement
 from .base import ProbeContext, ProbeResult, TargetConfig
 
 NAME = "host"
+# The fields it can emit (measurement `host`): documented in docs/probes/host.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = (
+    "result_code", "cpu_pct", "cpu_count", "load1", "mem_pct", "mem_used_bytes", "mem_available_bytes",
+    "mem_total_bytes", "swap_pct", "uptime_s", "procs", "disk_pct", "disk_used_bytes", "disk_free_bytes",
+    "disk_total_bytes", "net_up", "net_speed_mbps", "net_rx_bytes", "net_tx_bytes", "net_rx_packets", "net_tx_packets",
+    "net_rx_errors", "net_tx_errors", "net_rx_drops", "net_tx_drops", "battery_pct", "battery_plugged", "battery_left_s",
+)
 # Pseudo and read-only filesystems whose usage says nothing about the PC's health.
 _SKIP_FSTYPES = {"squashfs", "tmpfs", "devtmpfs", "overlay", "iso9660", "udf", "proc", "sysfs", "cgroup2", ""}
 
@@ -169,4 +176,4 @@ def _battery() -> dict[str, float] | None:
     return fields
 
 
-__all__ = ["Config", "HostSampler", "NAME", "probe"]
+__all__ = ["Config", "FIELDS", "HostSampler", "NAME", "probe"]

@@ -42,6 +42,11 @@ from .common.netio import allowed_families, classify
 from .common.sockets import ProbeFailure, family_of, line_socket
 
 NAME = "http"
+# The fields it can emit (measurement `probe`): documented in docs/probes/http.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = (
+    "up", "result_code", "duration_ms", "dns_ms", "connect_ms", "tls_ms", "ttfb_ms", "login_ms", "status_code",
+    "redirects", "body_bytes", "cert_days_left",
+)
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "commune-monitor/0.1 (http probe)"

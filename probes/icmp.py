@@ -30,6 +30,11 @@ from .common.netio import allowed_families, classify
 from .common.sockets import family_of
 
 NAME = "icmp"
+# The fields it can emit (measurement `probe`): documented in docs/probes/icmp.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = (
+    "up", "result_code", "duration_ms", "dns_ms", "rtt_ms", "rtt_avg_ms", "rtt_min_ms", "rtt_max_ms", "jitter_ms",
+    "loss_pct", "sent", "received",
+)
 
 
 class Config(TargetConfig):

@@ -17,6 +17,10 @@ from .common.mail_common import MailConfig, MailSession, TlsMode
 from .common.sockets import ProbeFailure
 
 NAME = "imap"
+# The fields it can emit (measurement `probe`): documented in docs/probes/imap.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = (
+    "up", "result_code", "duration_ms", "dns_ms", "connect_ms", "tls_ms", "banner_ms", "login_ms", "cert_days_left",
+)
 
 _TAGGED = re.compile(r"^(\S+) (OK|NO|BAD)\b ?(.*)$", re.IGNORECASE)
 

@@ -23,6 +23,11 @@ from .common.mail_common import MailConfig, MailSession
 from .common.sockets import ProbeFailure
 
 NAME = "smtp"
+# The fields it can emit (measurement `probe`): documented in docs/probes/smtp.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = (
+    "up", "result_code", "duration_ms", "dns_ms", "connect_ms", "tls_ms", "banner_ms", "auth_ms", "send_ms",
+    "status_code", "cert_days_left",
+)
 
 _ADDRESS = r"^[^\s<>@]+@[^\s<>@]+$"
 _REPLY = re.compile(r"^(\d{3})([ -]?)(.*)$")

@@ -17,6 +17,8 @@ from .base import ProbeContext, TargetConfig
 from .common.netio import classify, open_tcp
 
 NAME = "tcp"
+# The fields it can emit (measurement `probe`): documented in docs/probes/tcp.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = ("up", "result_code", "duration_ms", "dns_ms", "connect_ms", "banner_ms")
 
 
 class Config(TargetConfig):

@@ -21,6 +21,11 @@ from .common import tlsinfo
 from .common.netio import classify, open_tcp
 
 NAME = "tls"
+# The fields it can emit (measurement `probe`): documented in docs/probes/tls.md, declared in core/catalogue.py.
+FIELDS: tuple[str, ...] = (
+    "up", "result_code", "duration_ms", "dns_ms", "connect_ms", "tls_ms", "tls_version", "cert_days_left",
+    "cert_expiring", "chain_length",
+)
 
 
 class Config(TargetConfig):
