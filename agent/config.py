@@ -3,8 +3,12 @@
 `load_config(path)` returns an `AgentConfig` or raises `ConfigError` carrying EVERY problem found, each with
 `file:line`, the key path and a plain message. Targets are validated by their probe's `Config` (only the probe
 modules the file names are loaded: `probes.registry.loadable(names)`), after merging `defaults:` into them; an
-error in a merged value points at the `defaults:` line. Keys ending in `_file` are paths relative to the config
-file's folder and must exist. See docs/configuration.md.
+error in a merged value points at the `defaults:` line.
+
+Every path in the file is resolved once, here: keys ending in `_file` (targets', `collector.ca_file`) must exist,
+`spool.path` and `collector.credential_file` need not yet; a relative path is relative to the config file's
+folder, and the `AgentConfig` holds them absolute, so the code using it never joins paths and the working folder
+does not matter. See docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
 from core.config.issues import ConfigError, ConfigIssue, Path_, kind_of, suggest, unknown_key
 from core.config.loader import LocatedYaml, read_yaml
 from core.config.types import ByteSize, Duration, Slug, StrictModel
-from core.config.validation import field_keys, find_file, validate_model
+from core.config.validation import absolute_path, field_keys, find_file, validate_model
 from probes import registry
 from probes.base import Line, LineConfig, TargetConfig
 
@@ -47,9 +51,9 @@ class CollectorSection(StrictModel):
     """Where and how the long-running agent ships its measurements (see docs/agent.md)."""
 
     url: AnyHttpUrl
-    credential_file: str = "credential.json"  # written by `cmon agent enroll`; relative to the config's folder
+    credential_file: str = "credential.json"  # written by `cmon agent enroll`; absolute once loaded
     allow_http: bool = False  # plain http:// only when set explicitly
-    ca_file: str | None = None  # the province CA (PEM); else the one pinned at enrollment, else the system's
+    ca_file: str | None = None  # the province CA (PEM); else the one pinned at enrollment; else the system's
     timeout: Duration = 20.0
     backlog_rate: ByteSize = 32_000  # bytes/s of (compressed) backlog at most; live data is not capped
     batch_max: int = Field(default=500, ge=1, le=10_000)
@@ -65,7 +69,7 @@ class CollectorSection(StrictModel):
 class SpoolSection(StrictModel):
     """The durable on-disk queue (agent/spool.py)."""
 
-    path: str = "spool.db"  # relative to the config's folder
+    path: str = "spool.db"  # absolute once loaded (written relative to the config's folder)
     max_size: ByteSize = 100_000_000
 
 
@@ -120,9 +124,9 @@ class BoundTarget:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """A validated agent configuration."""
+    """A validated agent configuration; every path in it is absolute (resolved at load)."""
 
-    path: Path
+    path: Path  # the config file, absolute (as named, not through its symlinks: a reload reads the same name)
     agent: AgentSection
     lines: Mapping[str, LineConfig]
     resolvers: tuple[str, ...]
@@ -131,11 +135,17 @@ class AgentConfig:
     collector: CollectorSection | None = None
     spool: SpoolSection = field(default_factory=SpoolSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    folder: Path = Path("/")  # the config file's folder, resolved at load: what relative paths were relative to
 
     def relative(self, value: str) -> Path:
-        """Return a path from the config, relative to the config file's folder unless absolute."""
+        """Return a path relative to the config file's folder unless absolute (the config's own already are)."""
         path = Path(value).expanduser()
-        return path if path.is_absolute() else self.path.resolve().parent / path
+        return path if path.is_absolute() else self.folder / path
+
+    @property
+    def credential_path(self) -> Path:
+        """Return the credential file: `collector.credential_file`, else `credential.json` beside the config."""
+        return Path(self.collector.credential_file) if self.collector else self.folder / "credential.json"
 
     @property
     def services(self) -> dict[str, list[BoundTarget]]:
@@ -158,7 +168,7 @@ class AgentConfig:
 
 
 def load_config(path: str | Path) -> AgentConfig:
-    """Read and validate an agent config; raise ConfigError listing every problem."""
+    """Read and validate an agent config; raise ConfigError listing every problem. Its paths come out absolute."""
     return from_yaml(read_yaml(path), Path(path))
 
 
@@ -194,10 +204,12 @@ class _Validator:
         checked = self._check_targets(data.get("services"), defaults)
         lines = data.get("lines")
         self._check_cross(lines if isinstance(lines, dict) else {}, checked)
+        if top is not None:
+            top = self._resolve_paths(top)
         if self.issues or top is None:
             raise ConfigError(self.issues)
         return AgentConfig(
-            path=Path(self.file),
+            path=Path(self.file).absolute(),
             agent=top.agent,
             lines=dict(top.lines),
             resolvers=tuple(str(r) for r in top.resolvers),
@@ -206,7 +218,28 @@ class _Validator:
             collector=top.collector,
             spool=top.spool,
             schedule=top.schedule,
+            folder=self.base_dir,
         )
+
+    def _resolve_paths(self, top: _TopLevel) -> _TopLevel:
+        """Return the sections with `spool.path` and the collector's files absolute; report unusable ones."""
+        collector = top.collector
+        if collector is not None:
+            update = {"credential_file": self._absolute(("collector", "credential_file"), collector.credential_file)}
+            if collector.ca_file:
+                update["ca_file"], problem = find_file(collector.ca_file, self.base_dir)
+                if problem:
+                    self.add(("collector", "ca_file"), problem)
+            collector = collector.model_copy(update=update)
+        spool = top.spool.model_copy(update={"path": self._absolute(("spool", "path"), top.spool.path)})
+        return top.model_copy(update={"spool": spool, "collector": collector})
+
+    def _absolute(self, path: Path_, value: str) -> str:
+        """Return `value` made absolute (relative to the config's folder); report it when it cannot be used."""
+        absolute, problem = absolute_path(value, self.base_dir)
+        if problem:
+            self.add(path, problem)
+        return absolute
 
     # -- pydantic errors -> issues -----------------------------------------------------------------------
 

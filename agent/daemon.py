@@ -162,7 +162,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None,
     from .spool import Spool  # the SQLite spool; imported here so `cmon probe` does not pay for it
 
     stop = stop or _signal_event()
-    spool = Spool(config.relative(config.spool.path), config.spool.max_size)
+    spool = Spool(config.spool.path, config.spool.max_size)
     clock = ClockOffset()
     shipper = _make_shipper(config, spool, clock)
     agent = Agent(config, spool, shipper, clock, supervisor or Supervisor())
@@ -222,11 +222,11 @@ def _make_shipper(config: AgentConfig, queue: OutboundQueue, clock: ClockOffset)
         log.warning("no collector: section: measurements stay in the spool")
         return None
     try:
-        credential = load_credential(config.relative(collector.credential_file))
+        credential = load_credential(config.credential_path)
     except CredentialError as exc:
         log.error("%s; measurements stay in the spool until then", exc)
         credential = None
-    ca_file = config.relative(collector.ca_file) if collector.ca_file else None
+    ca_file = collector.ca_file  # absolute: resolved when the config was loaded
     url = str(collector.url).rstrip("/")
     return Shipper(
         queue, url, credential.credential if credential else "",

@@ -108,12 +108,11 @@ def enroll_and_save(config, args) -> Credential:
     if not url:
         raise EnrollError("no collector URL: pass --collector URL or set collector.url in the config")
     token = read_token(args.token_file)
-    ca_file = args.ca_file or (config.relative(collector.ca_file) if collector and collector.ca_file else None)
+    ca_file = args.ca_file or (collector.ca_file if collector else None)  # the config's: absolute since loaded
     allow_http = args.allow_http or bool(collector and collector.allow_http)
     credential = asyncio.run(enroll(url.rstrip("/"), token, config.agent.id, ca_fingerprint=args.ca_fingerprint,
                                     ca_file=ca_file, allow_http=allow_http))
-    path = config.relative(collector.credential_file if collector else "credential.json")
-    save(path, credential)
+    save(config.credential_path, credential)
     return credential
 
 

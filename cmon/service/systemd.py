@@ -250,14 +250,14 @@ def _agent_warnings(root: Path, config: Path, user: str, ids: tuple[int, int] | 
         return [f"{config} has {len(exc.issues)} error(s): run `cmon check-config {config}`"]
     warnings = []
     state = Path(STATE_DIRS["agent"])
-    spool = _target(root, loaded.relative(loaded.spool.path))
+    spool = _target(root, Path(loaded.spool.path))
     if not spool.is_relative_to(state):
         warnings.append(f"the spool would be {spool}, which the service cannot write (ProtectSystem=strict): "
                         f"set `spool: {{path: {state}/spool.db}}` in {config}")
     if loaded.collector is None:
         warnings.append(f"{config} has no collector: section: the agent will only spool")
         return warnings
-    credential = _target(root, loaded.relative(loaded.collector.credential_file))
+    credential = _target(root, loaded.credential_path)
     on_host = _host(root, credential)
     if not on_host.exists():
         warnings.append(f"no credential yet at {credential}: enroll (docs/install.md), then "

@@ -40,6 +40,23 @@ def find_file(value: str, base_dir: Path | None) -> tuple[str, str | None]:
     return str(file), problem.format(shown)
 
 
+def absolute_path(value: str, base_dir: Path) -> tuple[str, str | None]:
+    """Return a config's path value made absolute (relative to `base_dir`), and what is wrong with it, if anything.
+
+    For paths that need not exist yet (a spool, a credential written later); never raises, like `find_file`.
+    """
+    if not value.strip():
+        return value, "an empty path: give a file name (a relative path is relative to the config file's folder)"
+    try:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else base_dir / path), None
+    except RuntimeError:  # expanduser: `~name` of a user this machine does not have
+        user = value.split("/")[0][1:]
+        return value, f"cannot use {show(value)}: there is no user {user!r} here, whose home folder ~{user} would be"
+    except ValueError as exc:  # an embedded NUL
+        return value, f"cannot use {show(value)}: {exc}"
+
+
 def walk_loc(data: Any, loc: tuple, error_type: str) -> Path_:
     """Return the real key path of a pydantic error `loc`, dropping union-member tags that are not keys."""
     path: list[str | int] = []
@@ -169,5 +186,5 @@ def known_keys(model: type[BaseModel], loc: tuple) -> set[str]:
     return set().union(*(field_keys(m) for m in models))
 
 
-__all__ = ["SLUG_HINT", "field_keys", "find_file", "known_keys", "merge_union_messages", "plain_message",
+__all__ = ["SLUG_HINT", "absolute_path", "field_keys", "find_file", "known_keys", "merge_union_messages", "plain_message",
            "validate_model", "walk_loc"]

@@ -313,3 +313,66 @@ def test_a_file_name_the_system_refuses_is_an_error_not_an_os_error(tmp_path: Pa
         f"{path}:5: services.dvc[1].ca_file: cannot use '~cmon-no-such-user/ca.pem': there is no user "
         "'cmon-no-such-user' here, whose home folder ~cmon-no-such-user would be",
     ]
+
+
+PATHS_CONFIG = """\
+agent: {province: ha-tinh, commune: dong-loc, id: quay-01}
+collector: {url: "https://collector.example:8443", credential_file: state/credential.json, ca_file: pki/ca.pem}
+spool: {path: state/spool.db}
+services:
+  dvc:
+    - {name: dvc-ca, probe: withfile, ca_file: pki/ca.pem}
+"""
+
+
+def test_every_path_is_absolute_once_loaded_relative_to_the_config_whatever_the_cwd(
+        tmp_path: Path, withfile_probe, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc, elsewhere = tmp_path / "etc" / "cmon", tmp_path / "elsewhere"
+    (etc / "pki").mkdir(parents=True)
+    (etc / "pki" / "ca.pem").write_text("x")
+    elsewhere.mkdir()
+    write(etc, PATHS_CONFIG)
+    monkeypatch.chdir(elsewhere)
+    config = load_config(Path("..") / "etc" / "cmon" / "agent.yaml")  # named relative to another folder
+    expected = {
+        "path": etc.resolve() / "agent.yaml",
+        "spool": etc.resolve() / "state" / "spool.db",
+        "credential": etc.resolve() / "state" / "credential.json",
+        "ca": etc.resolve() / "pki" / "ca.pem",
+    }
+
+    def paths() -> dict[str, Path]:
+        assert config.collector is not None
+        return {"path": config.path.resolve(), "spool": Path(config.spool.path),
+                "credential": config.credential_path, "ca": Path(str(config.collector.ca_file))}
+
+    assert all(p.is_absolute() for p in paths().values()) and config.path.is_absolute()
+    assert paths() == expected
+    assert config.targets[0].config.ca_file == str(expected["ca"])
+    monkeypatch.chdir(tmp_path)  # the process moves on: the loaded config does not change meaning
+    assert paths() == expected and config.path.is_file()
+
+
+def test_without_a_collector_section_the_spool_and_the_credential_sit_beside_the_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "agent: {province: a, commune: b, id: c}\n"
+                           "services: {dns: [{name: t, probe: tcp, host: 127.0.0.1, port: 53}]}\n")
+    monkeypatch.chdir(path.parent.parent)
+    config = load_config(Path(tmp_path.name) / "agent.yaml")
+    assert Path(config.spool.path) == tmp_path.resolve() / "spool.db"
+    assert config.credential_path == tmp_path.resolve() / "credential.json"
+
+
+def test_the_collectors_ca_file_must_exist_and_the_paths_must_be_usable(tmp_path: Path) -> None:
+    path = write(tmp_path, "agent: {province: a, commune: b, id: c}\n"
+                           "collector: {url: 'https://c.example', ca_file: pki/ca.pem, credential_file: '~nobody-cmon/x'}\n"
+                           "spool: {path: ' '}\n"
+                           "services: {dns: [{name: t, probe: tcp, host: 127.0.0.1, port: 53}]}\n")
+    assert errors_of(path) == [
+        f"{path}:2: collector.credential_file: cannot use '~nobody-cmon/x': there is no user 'nobody-cmon' here, "
+        "whose home folder ~nobody-cmon would be",
+        f"{path}:2: collector.ca_file: file not found: {tmp_path.resolve() / 'pki' / 'ca.pem'} (a relative path "
+        "is relative to the config file's folder)",
+        f"{path}:3: spool.path: an empty path: give a file name (a relative path is relative to the config "
+        "file's folder)",
+    ]
