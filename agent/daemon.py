@@ -9,8 +9,9 @@
   hourly, `disk_watch`: the spool disk's free space) under one `Supervisor`: a task that fails is logged with
   its traceback, counted and restarted with backoff, and its health goes into every request's `agent` block
   and the `agent` measurement, so an agent that probes but cannot ship is visible;
-- on `stop` (SIGTERM/SIGINT, or the Windows service's stop): the scheduler stops, the shipper gets a few
-  seconds to send what is left, and a `stopping` heartbeat tells the collector this is a PC switched off,
+- an `agent_started` event when it starts; on `stop` (SIGTERM/SIGINT, or the Windows service's stop): the
+  scheduler stops, an `agent_stopped` event is committed, the shipper gets a few seconds to send what is left
+  (that event included), and a `stopping` heartbeat tells the collector this is a PC switched off,
   not a commune gone dark — with the tasks' final health. The exit status is 1 when a task failed during the
   run and was not healthy at the end.
 
@@ -26,9 +27,11 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
+from core.event import Event
 from core.measurement import Measurement
+from core.wire import Record
 from core.version import package_version
 
 from .config import AgentConfig
@@ -62,6 +65,7 @@ class Agent:
         self.disk_free: int | None = None
         self.disk_low = False
         self.scheduler: Scheduler | None = None
+        self.started = time.monotonic()
 
     # -- what the collector and the database hear -------------------------------------------------------------
 
@@ -105,9 +109,9 @@ class Agent:
 
     # -- the producers' and the tasks' bodies --------------------------------------------------------------
 
-    async def commit(self, measurements: list[Measurement]) -> None:
-        """Append one run's measurements to the spool (times corrected); a run that cannot be committed is
-        counted as dropped by the spool, which logs once per episode: the scheduler goes on."""
+    async def commit(self, measurements: Sequence[Record]) -> None:
+        """Append one run's measurements or events to the spool (times corrected); a run that cannot be committed
+        is counted as dropped by the spool, which logs once per episode: the scheduler goes on."""
         if not measurements:
             return
         offset = round(self.clock.offset_ms)
@@ -126,6 +130,16 @@ class Agent:
         if self.shipper is not None:
             await self.shipper.heartbeat("running")
         return []
+
+    def lifecycle_event(self, kind: str) -> Event:
+        """Return the `agent_started` or `agent_stopped` (a clean stop) event, with the agent's identity tags."""
+        uptime = time.monotonic() - self.started
+        text = (f"agent {self.version} started" if kind == "agent_started"
+                else f"agent stopped cleanly after {uptime:.0f} s (a service stop or shutdown, not a failure)")
+        attributes: dict[str, str | float] = {"version": self.version}
+        if kind == "agent_stopped":
+            attributes = {"reason": "stop requested (service stop, shutdown, SIGTERM)", "uptime_s": round(uptime, 1)}
+        return Event(kind, self.tags, int(time.time() * 1000), text, attributes)
 
     def watch_disk(self) -> None:
         """Sample the spool's disk; warn once when it gets too full for the spool to reach its cap."""
@@ -173,7 +187,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None,
     if shipper is not None:
         producers.append(("heartbeat", HEARTBEAT_S, agent.heartbeat))
     agent.scheduler = Scheduler(config, agent.commit, producers=producers, host=True,
-                                clock=lambda: clock.now_ms() / 1000)
+                                clock=lambda: clock.now_ms() / 1000, events=agent.commit)
     await asyncio.to_thread(agent.watch_disk)
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -194,6 +208,7 @@ async def _run_until(agent: Agent, stop: asyncio.Event) -> None:
     """Start the supervised tasks, wait for `stop`, stop them in order, say `stopping` to the collector."""
     sup, shipper, scheduler = agent.supervisor, agent.shipper, agent.scheduler
     assert scheduler is not None
+    await agent.commit([agent.lifecycle_event("agent_started")])  # the first of this run, before any probe's
     ship_task = sup.start("shipper", shipper.run) if shipper is not None else None
     sup.start("scheduler", scheduler.run)
     sup.start("spool_check", agent.spool_check)
@@ -203,6 +218,7 @@ async def _run_until(agent: Agent, stop: asyncio.Event) -> None:
     await stop.wait()
     log.info("stopping")
     await sup.stop("scheduler", ask=scheduler.stop, timeout=STOP_SCHEDULER_S)
+    await agent.commit([agent.lifecycle_event("agent_stopped")])  # shipped with the rest, below
     for name in ("spool_check", "disk_watch"):
         await sup.stop(name, timeout=0)
     if shipper is not None and ship_task is not None:
@@ -212,7 +228,9 @@ async def _run_until(agent: Agent, stop: asyncio.Event) -> None:
         await shipper.heartbeat("stopping", timeout=STOP_HEARTBEAT_S)  # carries the tasks' final health
 
 
-def _shifted(m: Measurement, offset_ms: int) -> Measurement:
+def _shifted(m: Record, offset_ms: int) -> Record:
+    if isinstance(m, Event):
+        return Event(m.kind, m.tags, m.time + offset_ms, m.text, m.attributes)
     return Measurement(m.name, m.tags, m.fields, m.time + offset_ms, m.result, m.detail)
 
 

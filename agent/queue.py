@@ -3,7 +3,7 @@
 `agent.spool.Spool` (SQLite, durable) satisfies `OutboundQueue` as it is; `MemoryQueue` keeps the same contract
 in memory (tests run one shipper suite against both):
 
-- every appended Measurement gets the next seq, gap-free, never reused;
+- every appended Record (a Measurement or an Event) gets the next seq, gap-free, never reused;
 - `next_batch(max_rows)` returns a contiguous range `[first, last]` with every seq present: the oldest LIVE rows
   (appended in the last `live_age_s` seconds) first, else the BACKLOG oldest first; it stops at a hole;
 - the batch returned is in flight (never evicted) until acked or quarantined, or until the next call;
@@ -18,19 +18,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
-from core.measurement import Measurement
 from core.ranges import difference, merge, runs
+from core.wire import Record
 
 LIVE_AGE_S = 120.0  # rows appended this recently are live; older ones are backlog (the bandwidth cap applies)
 
 
 @dataclass(slots=True, frozen=True)
 class Batch:
-    """A contiguous range of one queue: `items` are (seq, Measurement) for every seq first..last, in order."""
+    """A contiguous range of one queue: `items` are (seq, Record) for every seq first..last, in order."""
 
     first: int
     last: int
-    items: Sequence[tuple[int, Measurement]]
+    items: Sequence[tuple[int, Record]]
     live: bool  # True: from the live rows; False: the backlog's oldest
 
     def split(self) -> tuple["Batch", "Batch"]:
@@ -87,15 +87,15 @@ class MemoryQueue:
     dropped_total: int = 0
     quarantined_total: int = 0
     lost_total: int = 0
-    _rows: dict[int, tuple[Measurement, float]] = field(default_factory=dict)  # seq → (m, monotonic append time)
+    _rows: dict[int, tuple[Record, float]] = field(default_factory=dict)  # seq → (m, monotonic append time)
     _next_seq: int = 1
     _in_flight: tuple[int, int] | None = None
     _evicted: list[tuple[int, int]] = field(default_factory=list)
     _lost: list[tuple[int, int, str]] = field(default_factory=list)
-    _quarantine: list[tuple[int, str, Measurement]] = field(default_factory=list)
+    _quarantine: list[tuple[int, str, Record]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def append(self, measurements: Iterable[Measurement]) -> range:
+    def append(self, measurements: Iterable[Record]) -> range:
         """Give the measurements the next seqs (gap-free); evict the oldest rows over `max_rows`."""
         with self._lock:
             now, first = time.monotonic(), self._next_seq
@@ -133,7 +133,7 @@ class MemoryQueue:
             start, is_live = (live[0], True) if live else (seqs[0], False) if seqs else (None, False)
             if start is None:
                 return None
-            items: list[tuple[int, Measurement]] = []
+            items: list[tuple[int, Record]] = []
             seq = start
             while seq in self._rows and len(items) < max(1, max_rows):
                 items.append((seq, self._rows[seq][0]))
@@ -154,14 +154,14 @@ class MemoryQueue:
             self.quarantined_total += len(taken)
             return len(taken)
 
-    def _take(self, first: int, last: int) -> list[tuple[int, Measurement]]:
+    def _take(self, first: int, last: int) -> list[tuple[int, Record]]:
         taken = [(s, self._rows.pop(s)[0]) for s in range(first, last + 1) if s in self._rows]
         if self._in_flight and first <= self._in_flight[0] and self._in_flight[1] <= last:
             self._in_flight = None
         return taken
 
-    def quarantined(self) -> list[tuple[int, str, Measurement]]:
-        """Return the quarantined rows as (seq, reason, Measurement), oldest first."""
+    def quarantined(self) -> list[tuple[int, str, Record]]:
+        """Return the quarantined rows as (seq, reason, Record), oldest first."""
         with self._lock:
             return list(self._quarantine)
 

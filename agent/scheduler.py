@@ -20,7 +20,7 @@ the previous run (or its re-checks) is still going is skipped.
 
 A run's Measurements go to the `sink` (the daemon commits them to the spool) as soon as it ends. Its Events (a
 probe's `ProbeResult.events`: none of today's probes gives any) go to the `events` callback when one is given,
-else they are logged: the spool cannot store Events yet (issue 7, "events end to end", will pass one).
+else they are logged (the agent passes its spool's commit: events are spooled and shipped like measurements).
 
 Missed rounds are never made up: when the loop wakes late (the PC slept, the process was stopped, the clock
 jumped), every job is rescheduled from now, so a resumed agent does not fire a burst.

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from core.wire import WIRE_VERSION
+from core.wire import encode_heartbeat, encode_ingest
 
 from .queue import Batch, OutboundQueue
 
@@ -211,7 +211,8 @@ class Shipper:
     async def ship(self, batch: Batch) -> int:
         """Deliver one batch (splitting on 413); return the request bytes sent."""
         evicted, lost = self.queue.pending_evictions(), self.queue.pending_lost()
-        body = gzip.compress(json.dumps(self._payload(batch, evicted, lost), separators=(",", ":")).encode(), 6)
+        body = gzip.compress(encode_ingest(self.queue.spool_id, batch.first, batch.last, batch.items, evicted, lost,
+                                           self.agent_info()), 6)
         status, answer = await self._post("/api/v1/ingest", body)
         if not batch.live:
             self.stats.backlog_bytes_total += len(body)
@@ -278,7 +279,7 @@ class Shipper:
 
     async def heartbeat(self, state: str = "running", timeout: float | None = None) -> bool:
         """Send a heartbeat (`running` or `stopping`); return whether the collector took it. Never raises."""
-        body = gzip.compress(json.dumps({"version": WIRE_VERSION, "state": state, "agent": self.agent_info()}).encode())
+        body = gzip.compress(encode_heartbeat(state, self.agent_info()))
         try:
             async with asyncio.timeout(timeout or self.timeout):
                 status, answer = await self._post("/api/v1/heartbeat", body)
@@ -289,21 +290,6 @@ class Shipper:
             log.info("heartbeat (%s) refused: %s %s", state, status, _reason(answer))
             return False
         return True
-
-    def _payload(self, batch: Batch, evicted: list[tuple[int, int]],
-                 lost: list[tuple[int, int, str]]) -> dict[str, Any]:
-        payload = {
-            "version": WIRE_VERSION,
-            "spool": self.queue.spool_id,
-            "first": batch.first,
-            "last": batch.last,
-            "measurements": [{"seq": seq, **m.to_dict()} for seq, m in batch.items],
-            "evicted": [list(r) for r in evicted],
-            "agent": self.agent_info(),
-        }
-        if lost:  # optional on the wire: sent only when there is something to say
-            payload["lost"] = [[int(a), int(b), str(reason)] for a, b, reason in lost]
-        return payload
 
     async def _post(self, path: str, body: bytes) -> tuple[int, Any]:
         assert self._session is not None, "use `async with Shipper(...)`"

@@ -41,15 +41,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from core.measurement import Measurement
 from core.ranges import difference, runs, tagged_runs
-from core.wire import MAX_REASON
+from core.wire import MAX_REASON, Record, record_from_dict
 
 from .queue import LIVE_AGE_S, Batch
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # the damaged and lost tables were added without a version change: older files just lack them
+# 1: measurements only (the damaged and lost tables came later without a version change: such files just lack
+# them). 2: rows may hold events too; an older agent must not read those as damage, so it refuses the file.
+SCHEMA_VERSION = 2
 DEFAULT_MAX_BYTES = 100 * 2**20
 QUARANTINE_MAX_ROWS = 10_000  # the quarantine keeps the newest refused rows for people to look at
 DAMAGED_MAX_ROWS = 10_000  # likewise the rows that could not be decoded
@@ -106,6 +107,14 @@ class SpoolWriteError(SpoolError):
     def __init__(self, message: str, *, disk_full: bool) -> None:
         super().__init__(message)
         self.disk_full = disk_full
+
+
+class _Newer(Exception):
+    """The file was written by a newer agent (a schema this code does not know)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"schema {version}")
+        self.version = version
 
 
 class _Corrupt(Exception):
@@ -171,6 +180,12 @@ class Spool:
                 return self._start_over(f"{corrupt.problem}; cannot rebuild: {exc}")
         except sqlite3.DatabaseError as exc:  # not a database at all, or no spool in it
             return self._start_over(str(exc))
+        except _Newer as newer:  # never read rows we may misunderstand, never delete them: set the file aside
+            aside = self._move_aside("newer")
+            log.error("spool %s was written by a newer agent (spool schema %d; this agent knows up to %d): moved "
+                      "aside to %s with its measurements, and starting a new spool. To send them, run the newer "
+                      "agent with that file as its spool.", self.path, newer.version, SCHEMA_VERSION, aside)
+            return self._connect()
 
     def _start_over(self, why: str) -> sqlite3.Connection:
         aside = self._move_aside()
@@ -178,9 +193,9 @@ class Spool:
                   "its measurements are not sent", self.path, why, aside)
         return self._connect()
 
-    def _move_aside(self) -> Path:
-        """Rename the file and its WAL/SHM to `<name>.broken-<time>` (kept for people to look at)."""
-        aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+    def _move_aside(self, why: str = "broken") -> Path:
+        """Rename the file and its WAL/SHM to `<name>.<why>-<time>` (kept for people to look at)."""
+        aside = self.path.with_name(f"{self.path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}")
         n = 1
         while aside.exists():  # two in one second: do not overwrite the first
             aside = aside.with_name(f"{aside.name.split('~')[0]}~{n}")
@@ -205,7 +220,9 @@ class Spool:
             if check != "ok":
                 raise _Corrupt(db, f"quick_check: {check}")
             self._create(db)
-        except _Corrupt:
+        except (_Corrupt, _Newer) as exc:
+            if isinstance(exc, _Newer):
+                db.close()
             raise
         except BaseException:
             db.close()
@@ -234,8 +251,10 @@ class Spool:
                     ("created_ms", int(time.time() * 1000)),
                 ])
             elif int(version[0]) > SCHEMA_VERSION:
-                raise SpoolError(f"the spool file was written by a newer agent (schema {version[0]}): "
-                                 "upgrade the agent or move the file away")
+                raise _Newer(int(version[0]))
+            elif int(version[0]) < SCHEMA_VERSION:  # 1 → 2: its rows are measurements, still read as they are
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+                log.info("spool schema %s migrated to %d (its rows are kept as they are)", version[0], SCHEMA_VERSION)
             db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", _META_DEFAULTS)
             db.execute("COMMIT")
         except BaseException:
@@ -251,8 +270,9 @@ class Spool:
 
     # -- producing -----------------------------------------------------------------------------------------
 
-    def append(self, measurements: Iterable[Measurement]) -> range:
-        """Commit `measurements` in one transaction; return their seqs (evicting the oldest rows if full).
+    def append(self, measurements: Iterable[Record]) -> range:
+        """Commit `measurements` (and events: one sequence space) in one transaction; return their seqs (evicting
+        the oldest rows if full).
 
         Raises SpoolWriteError when they cannot be committed (disk full, I/O error): they are counted as dropped.
         """
@@ -279,7 +299,7 @@ class Spool:
             self._recent.append((first, time.monotonic()))
             return range(first, last + 1)
 
-    def _encode_all(self, measurements: Iterable[Measurement]) -> list[tuple[int, bytes]]:
+    def _encode_all(self, measurements: Iterable[Record]) -> list[tuple[int, bytes]]:
         """Return (time, body) of each Measurement; one that cannot be encoded (a lone surrogate in a tag: a bug
         upstream) is dropped, counted in dropped_total and logged, and the others are kept."""
         bodies = []
@@ -287,8 +307,9 @@ class Spool:
             try:
                 bodies.append((m.time, self._encode(m)))
             except (UnicodeError, ValueError, TypeError) as exc:
-                log.error("spool %s: cannot encode a %r measurement %s (%s): dropped (counted in dropped_total)",
-                          self.path, m.name, dict(m.tags), exc)
+                log.error("spool %s: cannot encode a %r %s %s (%s): dropped (counted in dropped_total)",
+                          self.path, getattr(m, "name", None) or getattr(m, "kind", None),
+                          "event" if hasattr(m, "kind") else "measurement", dict(m.tags), exc)
                 with self._lock:
                     self._dropped += 1
                     self._drops_unsaved = True
@@ -331,15 +352,15 @@ class Spool:
         except sqlite3.Error as exc:
             log.warning("spool %s: cannot re-read its state after a failed commit: %s", self.path, exc)
 
-    def _encode(self, m: Measurement) -> bytes:
+    def _encode(self, m: Record) -> bytes:
         raw = json.dumps(m.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
         # An 8 KiB window holds the dictionary and a row; zlib's default (32 KiB, memLevel 9) costs 8× the time
         # to set up for each row. Raw deflate: no header or checksum per row (SQLite checks its pages).
         z = zlib.compressobj(6, zlib.DEFLATED, -13, 8, zlib.Z_DEFAULT_STRATEGY, self._zdict)
         return z.compress(raw) + z.flush()
 
-    def _decode(self, body: bytes) -> Measurement:
-        """Return the row's Measurement; DamagedRow (with what failed) when the body cannot be decoded."""
+    def _decode(self, body: bytes) -> Record:
+        """Return the row's Measurement or Event; DamagedRow (with what failed) when the body cannot be decoded."""
         try:
             z = zlib.decompressobj(-15, self._zdict)  # a 32 KiB window reads rows written with any smaller one
             raw = z.decompress(body) + z.flush()
@@ -352,9 +373,9 @@ class Spool:
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise DamagedRow("not JSON", exc) from exc
         try:
-            return Measurement.from_dict(data)
-        except Exception as exc:  # noqa: BLE001 - whatever from_dict trips on, the row is not a Measurement
-            raise DamagedRow("not a measurement", exc) from exc
+            return record_from_dict(data)
+        except Exception as exc:  # noqa: BLE001 - whatever from_dict trips on, the row is not a record
+            raise DamagedRow("not a measurement or an event", exc) from exc
 
     # -- eviction ------------------------------------------------------------------------------------------
 
@@ -519,7 +540,7 @@ class Spool:
 
     def _contiguous(self, where: str, args: tuple, max_rows: int, live: bool) -> Batch | None:
         while True:
-            items: list[tuple[int, Measurement]] = []
+            items: list[tuple[int, Record]] = []
             damaged: list[tuple[int, int, bytes, DamagedRow]] = []
             for seq, time_ms, body in self._db.execute(
                     f"SELECT seq, time_ms, body FROM rows {where} ORDER BY seq LIMIT ?", (*args, max(1, max_rows))):
@@ -567,7 +588,7 @@ class Spool:
             self._release(first, last)
             return moved
 
-    def quarantined(self) -> list[tuple[int, str, Measurement]]:
+    def quarantined(self) -> list[tuple[int, str, Record]]:
         """Return the quarantined rows as (seq, reason, Measurement), oldest first (for people)."""
         with self._lock:
             rows = list(self._db.execute("SELECT seq, reason, body FROM quarantine ORDER BY seq"))

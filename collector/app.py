@@ -26,10 +26,12 @@ from aiohttp import web
 from . import routes
 from .acks import Acks
 from .admission import Admission, Enrollments
-from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, METRICS, REGISTRY, SERIES, WRITER
+from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY, SERIES, WRITER
 from .auth import Auth
 from .config import CollectorConfig
 from .db import SCHEMA_VERSION, connect, migrate
+from .events import EventStore
+from .latest import LatestResults
 from .metrics import Metrics
 from .registry import Registry
 from .validate import SeriesCap
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 # aiohttp would otherwise inflate gzip bodies itself, before the handler could authenticate or cap them.
 RUNNER_KWARGS = {"auto_decompress": False}
 REGISTRY_FLUSH_S = 2.0
+EVENTS_PRUNE_S = 3600.0
 
 
 def runner_kwargs(config: CollectorConfig) -> dict:
@@ -71,7 +74,7 @@ async def _stamp(request: web.Request, response: web.StreamResponse) -> None:
 async def _state(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     path = config.db_path()
-    conns = [connect(path) for _ in range(3)]  # one each: acks commit from a worker thread
+    conns = [connect(path) for _ in range(5)]  # one each: acks and events commit from worker threads
     try:
         before = migrate(conns[0])  # SchemaError for a file from a newer collector: nothing is served
     except BaseException:
@@ -81,8 +84,10 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = Auth(conns[0], config.province)
     app[ACKS] = Acks(conns[1])
     app[REGISTRY] = registry = Registry(conns[2])
+    app[EVENTS] = events = EventStore(conns[3], config.event_retention)
+    app[LATEST] = latest = LatestResults(conns[4])
     app[WRITER] = writer = Writer(config.database)
-    flusher = asyncio.create_task(_flush_forever(registry))
+    flusher = asyncio.create_task(_flush_forever(registry, latest, events))
     log.info("collector state in %s (schema version %d, was %d), database %s", path, SCHEMA_VERSION, before,
              config.database.url)
     try:
@@ -92,6 +97,7 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         try:
+            latest.flush()
             registry.flush()  # a bad row is refused on its own; only a failing file raises (exit status 1)
         finally:
             writer.close()
@@ -99,13 +105,23 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
                 conn.close()
 
 
-async def _flush_forever(registry: Registry) -> None:
+async def _flush_forever(registry: Registry, latest: LatestResults, events: EventStore) -> None:
+    pruned_at = 0.0
     while True:
         await asyncio.sleep(REGISTRY_FLUSH_S)
-        try:
-            registry.flush()
-        except Exception:  # noqa: BLE001 - retried at the next tick; the rows stay dirty
-            log.exception("cannot write the fleet registry")
+        for what, flush in (("the fleet registry", registry.flush), ("the latest results", latest.flush)):
+            try:
+                flush()
+            except Exception:  # noqa: BLE001 - retried at the next tick; the rows stay dirty
+                log.exception("cannot write %s", what)
+        if time.monotonic() - pruned_at > EVENTS_PRUNE_S:
+            pruned_at = time.monotonic()
+            try:
+                gone = await asyncio.to_thread(events.prune)
+                if gone:
+                    log.info("deleted %d events older than the retention", gone)
+            except Exception:  # noqa: BLE001 - tried again in an hour
+                log.exception("cannot delete old events")
 
 
 def ssl_context(config: CollectorConfig) -> ssl.SSLContext | None:

@@ -8,6 +8,8 @@ from .acks import Acks
 from .admission import Admission, Enrollments
 from .auth import Auth
 from .config import CollectorConfig
+from .events import EventStore
+from .latest import LatestResults
 from .metrics import Metrics
 from .registry import Registry
 from .validate import SeriesCap
@@ -17,6 +19,8 @@ CONFIG = web.AppKey("config", CollectorConfig)
 AUTH = web.AppKey("auth", Auth)
 ACKS = web.AppKey("acks", Acks)
 REGISTRY = web.AppKey("registry", Registry)
+EVENTS = web.AppKey("events", EventStore)
+LATEST = web.AppKey("latest", LatestResults)
 WRITER = web.AppKey("writer", Writer)
 METRICS = web.AppKey("metrics", Metrics)
 SERIES = web.AppKey("series", SeriesCap)

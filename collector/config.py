@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AnyHttpUrl, BeforeValidator, Field, model_validator
 
+from core import catalogue
 from core.config.issues import ConfigError, ConfigIssue
 from core.config.loader import LocatedYaml, read_yaml
 from core.config.types import DAY, ByteSize, Duration, Slug, StrictModel, format_duration, parse_duration
@@ -33,8 +34,8 @@ _SPAN_MIN, _SPAN_MAX = 86_400.0, 100 * 365 * 86_400.0
 VM_FUTURE_LIMIT = 2 * DAY
 MAX_FUTURE = DAY
 MAX_TOKEN_TTL = 30 * DAY  # an enrollment token is a secret: a month is long enough to reach any commune
-# Tag keys a payload may carry besides the identity tags (which the collector sets itself).
-DEFAULT_TAG_KEYS = ("service", "target", "probe", "line", "mount", "interface", "battery", "version")
+# Tag keys a payload may carry besides the identity tags (which the collector sets itself): core/catalogue.py.
+DEFAULT_TAG_KEYS = catalogue.DEFAULT_TAG_KEYS
 
 
 def parse_span(value: Any) -> float:
@@ -127,7 +128,8 @@ class CollectorConfig(StrictModel):
     """The whole file."""
 
     province: Slug
-    data_dir: str = "."  # SQLite state: credentials, fleet registry, acknowledged ranges
+    data_dir: str = "."  # SQLite state: credentials, fleet registry, acknowledged ranges, events
+    event_retention: Span = 365 * 86_400.0  # agents' events older than this are deleted from the state file
     listen: ListenSection
     database: DatabaseSection
     limits: LimitsSection = Field(default_factory=LimitsSection)

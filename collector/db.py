@@ -13,6 +13,7 @@ fleet registry's later columns, keeping every row. A file with a newer version t
 |---|---|
 | 1 | credentials and tokens (collector.auth); acked, evicted, lost, spools (collector.acks); agents (collector.registry) |
 | 2 | events (empty: the agents' events, kept here with a retention — VictoriaMetrics keeps no text) |
+| 3 | events by commune, one row per (agent, spool, seq) (collector.events); the latest `result`/`detail` of each series (collector.latest) |
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ CREATE INDEX events_spool ON events (agent, spool, seq);
 """
 
 
+EVENTS_V3 = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY, commune TEXT NOT NULL, agent TEXT NOT NULL, spool TEXT NOT NULL, seq INTEGER NOT NULL,
+    kind TEXT NOT NULL, time_ms INTEGER NOT NULL, tags TEXT NOT NULL DEFAULT '{}', text TEXT NOT NULL DEFAULT '',
+    attributes TEXT NOT NULL DEFAULT '{}', received_ms INTEGER NOT NULL);
+CREATE UNIQUE INDEX events_seq ON events (commune, agent, spool, seq);
+CREATE INDEX events_time ON events (time_ms);
+CREATE INDEX events_commune ON events (commune, time_ms);
+"""
+LATEST_TABLES = """
+CREATE TABLE latest (
+    commune TEXT NOT NULL, agent TEXT NOT NULL, series TEXT NOT NULL, time_ms INTEGER NOT NULL, result TEXT,
+    detail TEXT, PRIMARY KEY (commune, agent, series));
+"""
+
+
 class SchemaError(Exception):
     """The state file cannot be used by this code (written by a newer collector)."""
 
@@ -89,7 +106,15 @@ def _v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+def _v3(conn: sqlite3.Connection) -> None:
+    """Events with the commune and a unique seq per spool (version 2's table was never written); the latest
+    reason of each series."""
+    conn.execute("DROP TABLE IF EXISTS events")
+    for statement in _statements(EVENTS_V3 + LATEST_TABLES):
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -29,12 +29,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-from core.wire import (FIELD_NAME, MAX_DEPTH, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_SEQ, MAX_VALUE, SPOOL_ID,
-                       WIRE_VERSION)
+from core.wire import (FIELD_NAME, MAX_DEPTH, MAX_DETAIL, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_RESULT, MAX_SEQ,
+                       MAX_VALUE, SPOOL_ID, WIRE_VERSION, IngestPayload, WireMeasurement)
 
 from . import lineproto
-from .validate import (NAMES, RETENTION_MARGIN_MS, PayloadError, Rules, check_agent, check_depth, check_ingest,
-                       check_tags, parse_json, text_problem)
+from .validate import (NAMES, RETENTION_MARGIN_MS, EventIn, PayloadError, Rules, check_agent, check_depth,
+                       check_event, check_ingest, check_tags, clean_text, parse_json, text_problem)
 
 # JSON has no NaN; 1e999 is out of range; past ±2^53 VictoriaMetrics rounds a block's other samples (validate).
 _Number = Annotated[float, msgspec.Meta(ge=-MAX_VALUE, le=MAX_VALUE)]
@@ -43,27 +43,10 @@ _CACHE_MAX = 100_000  # series heads per tag rules; cleared when full (a patholo
 _UNSAFE = (b"\\", b" ", b"\n", b"\r", b"\t")  # an escape or a space in the fields: format the decoded values
 
 
-class _Measurement(msgspec.Struct, forbid_unknown_fields=True):
-    seq: int
-    name: str
-    fields: msgspec.Raw
-    time: int
-    tags: msgspec.Raw = msgspec.Raw(b"{}")  # decoded once per series (the cache key is its text)
-    result: str | None = None
-    detail: str | None = None
-
-
-class _Payload(msgspec.Struct, forbid_unknown_fields=True):  # an unknown key: the slow path (module doc)
-    version: int
-    spool: str
-    first: int
-    last: int
-    measurements: list[_Measurement]
-    evicted: list[tuple[int, int]] = []
-    lost: list[tuple[int, int, str]] = []
-    agent: msgspec.Raw = msgspec.Raw(b"{}")  # nesting measured before it is decoded
-
-
+# core.wire's payload with a measurement's fields, its tags and the agent block kept as the JSON text sent: the
+# fields are copied into line protocol as they are, the tags are the series cache's key, the agent block's
+# nesting is measured before it is decoded. An unknown key anywhere: the slow path (module doc).
+_Payload = IngestPayload[WireMeasurement[msgspec.Raw, msgspec.Raw], msgspec.Raw]
 _PAYLOAD = msgspec.json.Decoder(_Payload)
 _FIELDS = msgspec.json.Decoder(list[_Fields])
 _TAGS = msgspec.json.Decoder(dict[str, str])
@@ -85,6 +68,9 @@ class Ingest:
     evicted: list[tuple[int, int]]
     agent: dict[str, Any]
     lost: list[tuple[int, int, str]] = field(default_factory=list)
+    events: list[EventIn] = field(default_factory=list)
+    # (series key, time, result, detail) of each measurement that says why: the series' latest reason
+    results: list[tuple[tuple, int, str | None, str | None]] = field(default_factory=list)
 
     def body(self, ranges: list[tuple[int, int]]) -> tuple[bytes, int, int]:
         """Return (line protocol of the seqs in `ranges`, lines, samples)."""
@@ -118,19 +104,30 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
         return _slow(body, rules, identity, now_ms)  # its check_ingest names the first problem
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     spool, first, last = payload.spool, payload.first, payload.last
-    times = [m.time for m in items]
+    times = [m.time for m in items] or [now_ms]  # a batch of events only: their times are checked by check_event
+    seqs = [m.seq for m in items]
+    if payload.events:
+        event_seqs = [e.seq for e in payload.events]
+        seqs = sorted([*seqs, *event_seqs]) if _increasing(seqs) and _increasing(event_seqs) else []
     # Checked for the whole batch at once; on any failure check_ingest finds the first problem and names it.
-    if (payload.version != WIRE_VERSION or not SPOOL_ID.match(spool) or not items or first < 1 or last > MAX_SEQ
-            or last - first + 1 != len(items) or len(items) > rules.max_measurements
-            or [m.seq for m in items] != list(range(first, last + 1))
+    if (payload.version != WIRE_VERSION or not SPOOL_ID.match(spool) or not seqs or first < 1 or last > MAX_SEQ
+            or last - first + 1 != len(seqs) or len(seqs) > rules.max_measurements
+            or seqs != list(range(first, last + 1))
             or min(times) < now_ms - rules.retention_ms + RETENTION_MARGIN_MS or max(times) > now_ms + rules.max_future_ms
             or not (set().union(*fields) <= _good_fields or _check_field_names(fields))
             or len(payload.evicted) > MAX_RANGES or any(not 1 <= a <= b <= MAX_SEQ for a, b in payload.evicted)
             or len(payload.lost) > MAX_RANGES
             or any(not 1 <= a <= b <= MAX_SEQ or text_problem(r, MAX_REASON) for a, b, r in payload.lost)):
         return _slow(body, rules, identity, now_ms)
+    try:
+        events = [check_event(msgspec.structs.asdict(e), "", rules, now_ms, *_window(rules, now_ms))
+                  for e in payload.events]
+    except PayloadError:
+        return _slow(body, rules, identity, now_ms)
     counts = [len(f) for f in fields]
-    if any(c in joined for c in _UNSAFE) or joined.count(b":") != sum(counts):  # escapes, spaces, repeated keys
+    if not items:
+        texts: list[bytes] = []
+    elif any(c in joined for c in _UNSAFE) or joined.count(b":") != sum(counts):  # escapes, spaces, repeated keys
         texts = [_fields(f) for f in fields]
     else:  # the agent's compact JSON: `{"up":1.0,"rtt_ms":12.5}` → `up=1.0,rtt_ms=12.5`, all at once
         texts = joined[2:-2].replace(b'"', b"").replace(b":", b"=").split(b"},{")
@@ -139,6 +136,7 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
         heads.clear()
     tags = b"\0".join([m.tags for m in items]).split(b"\0")  # JSON text holds no NUL byte
     lines, series = [], set()
+    results: list[tuple[tuple, int, str | None, str | None]] = []
     for m, tag_text, text, stamp in zip(items, tags, texts, times):
         head = heads.get((m.name, tag_text))
         if head is None:
@@ -148,7 +146,39 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
                 return _slow(body, rules, identity, now_ms)
         series.add(head[1])
         lines.append(b"%s%s %s %d\n" % (head[0], identity, text, stamp))
-    return Ingest(spool, first, last, lines, counts, series, payload.evicted, agent, payload.lost)
+        if m.result is not None:
+            results.append((head[1], stamp, clean_text(m.result, MAX_RESULT), clean_text(m.detail, MAX_DETAIL)))
+    if events:
+        lines, counts = _with_events(first, [m.seq for m in items], lines, counts, events, identity, series)
+    return Ingest(spool, first, last, lines, counts, series, payload.evicted, agent, payload.lost, events, results)
+
+
+def _window(rules: Rules, now_ms: int) -> tuple[int, int]:
+    """Return the oldest and newest times a batch may carry."""
+    return now_ms - rules.retention_ms + RETENTION_MARGIN_MS, now_ms + rules.max_future_ms
+
+
+def _increasing(seqs: list[int]) -> bool:
+    return all(a < b for a, b in zip(seqs, seqs[1:]))
+
+
+def event_line(event: EventIn, identity: bytes) -> tuple[bytes, tuple]:
+    """Return the `event` series' line for an event (`event_count 1` at its time) and its series key."""
+    clean = tuple(sorted({**event.tags, "kind": event.kind}.items()))
+    return (b"%s%s count=1.0 %d\n" % (lineproto.series_head("event", clean).encode(), identity, event.time),
+            ("event", *clean))
+
+
+def _with_events(first: int, seqs: list[int], lines: list[bytes], counts: list[int], events: list[EventIn],
+                 identity: bytes, series: set[tuple]) -> tuple[list[bytes], list[int]]:
+    """Return the lines and field counts of measurements (`seqs`) and events merged in seq order."""
+    by_seq = {seq: (line, count) for seq, line, count in zip(seqs, lines, counts)}
+    for event in events:
+        line, key = event_line(event, identity)
+        by_seq[event.seq] = (line, 1)
+        series.add(key)
+    merged = [by_seq[seq] for seq in range(first, first + len(by_seq))]
+    return [line for line, _ in merged], [count for _, count in merged]
 
 
 def _head(name: str, tag_text: bytes, rules: Rules) -> tuple[bytes, tuple]:
@@ -177,13 +207,20 @@ def _slow(body: bytes, rules: Rules, identity: bytes, now_ms: int | None) -> Ing
     """Validate with check_ingest (its message is the reason given); convert what it accepts."""
     batch = check_ingest(parse_json(body), rules, now_ms)
     lines, series = [], set()
+    results: list[tuple[tuple, int, str | None, str | None]] = []
     for p in batch.points:
         clean = tuple(sorted(p.tags.items()))
         series.add((p.name, *clean))
         lines.append(b"%s%s %s %d\n" % (lineproto.series_head(p.name, clean).encode(), identity, _fields(p.fields),
                                          p.time))
-    return Ingest(batch.spool, batch.first, batch.last, lines, [len(p.fields) for p in batch.points], series,
-                  batch.evicted, batch.agent, batch.lost)
+        if p.result is not None:
+            results.append(((p.name, *clean), p.time, p.result, p.detail))
+    counts = [len(p.fields) for p in batch.points]
+    if batch.events:
+        lines, counts = _with_events(batch.first, [p.seq for p in batch.points], lines, counts, batch.events,
+                                     identity, series)
+    return Ingest(batch.spool, batch.first, batch.last, lines, counts, series, batch.evicted, batch.agent,
+                  batch.lost, batch.events, results)
 
 
-__all__ = ["Ingest", "decode_ingest", "identity_suffix"]
+__all__ = ["Ingest", "decode_ingest", "event_line", "identity_suffix"]

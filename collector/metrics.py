@@ -49,6 +49,8 @@ class Metrics:
                                            "Lines of resent batches already written (not rewritten).", registry=r)
         self.batches_refused_total = Counter("cmon_collector_batches_refused", "Batches refused, by reason class.",
                                              ("reason",), registry=r)
+        self.events_total = Counter("cmon_collector_events",
+                                    "Agents' events stored (each once, however often it was sent).", registry=r)
         self.db_errors_total = Counter("cmon_collector_db_errors",
                                        "Writes the database failed (down, slow, refused).", registry=r)
         self.write_seconds = Histogram("cmon_collector_write_seconds", "Database write latency.", buckets=BUCKETS,

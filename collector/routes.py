@@ -38,7 +38,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .admission import AGENT_RETRY_AFTER_S, ENROLL_RETRY_AFTER_S
-from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, METRICS, REGISTRY, SERIES, WRITER
+from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY, SERIES, WRITER
 from .auth import AuthError, Identity
 from .decode import decode_ingest, identity_suffix
 from .validate import PayloadError, Rules, check_enroll, check_heartbeat, parse_json
@@ -205,6 +205,16 @@ async def _ingest(request: web.Request, who: Identity, deadline: float) -> web.R
                 log.error("%s", exc)
                 return error(500, "the database refused the batch: the province's administrator must look")
             metrics.written(count, samples, seconds)
+            app[LATEST].update(who.commune, who.agent, batch.results)
+        new_events = [e for e in batch.events if any(a <= e.seq <= b for a, b in todo)]
+        if new_events:
+            try:  # stored before the range is acknowledged: an acknowledged event is never lost
+                await asyncio.to_thread(app[EVENTS].add, who, batch.spool, new_events)
+            except Exception:  # noqa: BLE001 - a full disk, a locked file: not acknowledged, the agent resends
+                log.exception("cannot store the events of %s/%s %d..%d", who.key, batch.spool, batch.first,
+                              batch.last)
+                return error(503, "cannot store the batch's events: retry", **{"Retry-After": str(limits.retry_after)})
+            metrics.events_total.inc(len(new_events))
         try:
             evicted, lost = await acks.record(who.key, batch.spool, batch.first, batch.last, evicted=batch.evicted,
                                               lost=batch.lost)
@@ -286,14 +296,46 @@ async def _enroll(request: web.Request) -> web.Response:
                               "agent": who.agent, "server_time_ms": _now_ms()})
 
 
-async def agents(request: web.Request) -> web.Response:
-    """GET /api/v1/agents: the fleet registry (from loopback, or with the views token)."""
+def _views_refused(request: web.Request, what: str) -> web.Response | None:
+    """Return a 401 unless the request comes from loopback or carries the views token."""
     token = request.app[CONFIG].views_token
     if not _is_loopback(request.remote) and (not token or request.headers.get("Authorization") != f"Bearer {token}"):
-        return error(401, "the fleet registry needs the views token (or a request from the collector's host)")
+        return error(401, f"{what} needs the views token (or a request from the collector's host)")
+    return None
+
+
+async def agents(request: web.Request) -> web.Response:
+    """GET /api/v1/agents: the fleet registry (from loopback, or with the views token)."""
+    refused = _views_refused(request, "the fleet registry")
+    if refused is not None:
+        return refused
     lost = request.app[ACKS].lost_by_agent()
     rows = [row | {"lost_seqs": lost.get(f"{row['commune']}/{row['agent']}", 0)} for row in request.app[REGISTRY].agents()]
     return web.json_response({"agents": rows, "server_time_ms": _now_ms()})
+
+
+async def events(request: web.Request) -> web.Response:
+    """GET /api/v1/events?commune=&kind=&since_ms=&limit=: the agents' events, newest first (views access)."""
+    refused = _views_refused(request, "the events")
+    if refused is not None:
+        return refused
+    query = request.query
+    try:
+        since, limit = int(query.get("since_ms", "0")), int(query.get("limit", "100"))
+    except ValueError:
+        return error(400, "since_ms and limit must be integers")
+    rows = await asyncio.to_thread(request.app[EVENTS].query, query.get("commune"), query.get("kind"), since, limit)
+    return web.json_response({"events": rows, "server_time_ms": _now_ms()})
+
+
+async def results(request: web.Request) -> web.Response:
+    """GET /api/v1/results?commune=&failing=1: each series' latest result and detail (views access)."""
+    refused = _views_refused(request, "the results")
+    if refused is not None:
+        return refused
+    failing = request.query.get("failing", "") in ("1", "true", "yes")
+    return web.json_response({"results": request.app[LATEST].query(request.query.get("commune"), failing),
+                              "server_time_ms": _now_ms()})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -335,6 +377,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/heartbeat", heartbeat)
     app.router.add_post("/api/v1/enroll", enroll)
     app.router.add_get("/api/v1/agents", agents)
+    app.router.add_get("/api/v1/events", events)
+    app.router.add_get("/api/v1/results", results)
     app.router.add_get("/api/v1/ca", ca)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)

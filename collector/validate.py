@@ -28,16 +28,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from core.wire import (FIELD_NAME, MAX_DEPTH, MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_SEQ, MAX_TASK_ERROR, MAX_TASKS,
-                       MAX_TEXT, MAX_VALUE, SPOOL_ID, WIRE_VERSION)
+from core.catalogue import EVENT_KINDS, IDENTITY_TAGS, MEASUREMENT_NAMES
+from core.wire import (FIELD_NAME, MAX_ATTRIBUTE_TEXT, MAX_ATTRIBUTES, MAX_DEPTH, MAX_DETAIL, MAX_EVENT_TEXT,
+                       MAX_FIELDS, MAX_RANGES, MAX_REASON, MAX_RESULT, MAX_SEQ, MAX_TASK_ERROR, MAX_TASKS, MAX_TEXT,
+                       MAX_VALUE, SPOOL_ID, WIRE_VERSION)
 
-NAMES = frozenset({"probe", "host", "agent"})
-IDENTITY_TAGS = frozenset({"province", "commune", "agent"})
+# The measurement names an agent may send (core/catalogue.py); `event` is the collector's own series of events.
+NAMES = MEASUREMENT_NAMES - {"event"}
 _TASK = re.compile(r"[a-z_]{1,32}\Z")
 # Never in a tag value: C0/C1 controls and DEL (a newline cannot be escaped in line protocol), lone surrogates
 # (no UTF-8 encoding: the database write and the state file would fail on them).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _MEASUREMENT_KEYS = frozenset({"seq", "name", "tags", "fields", "time", "result", "detail"})
+_EVENT_KEYS = frozenset({"seq", "kind", "tags", "time", "text", "attributes"})
+_UNPRINTABLE = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
 RETENTION_MARGIN_MS = 3600_000  # refuse a little before VM's own cut: a sample about to expire is not worth it
 HEALTH = ("ok", "degraded")
 TASK_STATES = ("ok", "restarting", "failed")
@@ -62,6 +66,20 @@ class Point:
     tags: dict[str, str]
     fields: dict[str, float]
     time: int
+    result: str | None = None  # kept (cleaned, cut) as the series' latest reason: the centre can say why
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventIn:
+    """One validated event (identity tags not yet set)."""
+
+    seq: int
+    kind: str
+    tags: dict[str, str]
+    time: int
+    text: str
+    attributes: dict[str, str | float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,7 @@ class Batch:
     evicted: list[tuple[int, int]]
     agent: dict[str, Any]
     lost: list[tuple[int, int, str]] = field(default_factory=list)
+    events: list[EventIn] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,37 +248,89 @@ def check_ingest(payload: Any, rules: Rules, now_ms: int | None = None) -> Batch
     if not isinstance(spool, str) or not SPOOL_ID.match(spool):
         raise PayloadError("spool must be the spool's id (letters, digits, '-', up to 64)")
     first, last = _int(payload.get("first"), "first", 1), _int(payload.get("last"), "last", 1)
-    items = payload.get("measurements")
-    if not isinstance(items, list) or not items:
-        raise PayloadError("measurements must be a non-empty list")
-    if first < 1 or last > MAX_SEQ or last - first + 1 != len(items):
-        raise PayloadError(f"first..last ({first}..{last}) must number the {len(items)} measurements, from 1 "
+    items, events = payload.get("measurements"), payload.get("events", [])
+    if not isinstance(items, list) or not isinstance(events, list) or not (items or events):
+        raise PayloadError("measurements (and events) must be lists, not both empty")
+    count = len(items) + len(events)
+    if first < 1 or last > MAX_SEQ or last - first + 1 != count:
+        raise PayloadError(f"first..last ({first}..{last}) must number the {count} measurements and events, from 1 "
                            f"to at most {MAX_SEQ}")
-    if len(items) > rules.max_measurements:
-        raise PayloadError(f"{len(items)} measurements in one batch: at most {rules.max_measurements}")
+    if count > rules.max_measurements:
+        raise PayloadError(f"{count} measurements and events in one batch: at most {rules.max_measurements}")
+    event_seqs = [e.get("seq") if isinstance(e, dict) else None for e in events]
+    taken = set(event_seqs)
+    expected = iter(s for s in range(first, last + 1) if s not in taken)  # the seqs the measurements must have
     points = []
     for index, item in enumerate(items):
         where = f"measurements[{index}]"
         item = _dict(item, where)
-        seq = item.get("seq")
-        if type(seq) is not int or seq != first + index:
-            raise PayloadError(f"{where}: seq {_short(seq)} where {first + index} was expected (gap-free)")
+        seq, want = item.get("seq"), next(expected, None)
+        if type(seq) is not int or seq != want:
+            raise PayloadError(f"{where}: seq {_short(seq)} where {want} was expected (gap-free)")
         extra = item.keys() - _MEASUREMENT_KEYS
         if extra:
             raise PayloadError(f"{where}: unknown keys {_short(', '.join(sorted(extra)))}")
         name = item.get("name")
         if not isinstance(name, str) or name not in NAMES:  # a list is unhashable: `in` a set would raise
             raise PayloadError(f"{where}: name {_short(name)} is not one of {', '.join(sorted(NAMES))}")
-        stamp = _int(item.get("time"), f"{where}.time")
-        if stamp < oldest:
-            raise PayloadError(f"{where}: time {stamp} is older than the database keeps (retention)")
-        if stamp > newest:
-            raise PayloadError(f"{where}: time {stamp} is {(stamp - now_ms) / 1000:.0f} s in the future: "
-                               "check the agent's clock")
-        points.append(Point(first + index, name, check_tags(item.get("tags", {}), where, rules),
-                            check_fields(item.get("fields"), where), stamp))
+        stamp = _stamp(item.get("time"), where, now_ms, oldest, newest)
+        points.append(Point(seq, name, check_tags(item.get("tags", {}), where, rules),
+                            check_fields(item.get("fields"), where), stamp,
+                            clean_text(item.get("result"), MAX_RESULT), clean_text(item.get("detail"), MAX_DETAIL)))
+    checked = [check_event(event, f"events[{index}]", rules, now_ms, oldest, newest)
+               for index, event in enumerate(events)]
+    seqs = [e.seq for e in checked]
+    if seqs != sorted(set(seqs)) or (seqs and not first <= seqs[0] <= seqs[-1] <= last):
+        raise PayloadError(f"events: seqs {_short(str(seqs[:10]))} must be increasing, within {first}..{last}")
     return Batch(spool, first, last, points, check_evicted(payload.get("evicted", [])),
-                 check_agent(payload.get("agent", {})), check_lost(payload.get("lost", [])))
+                 check_agent(payload.get("agent", {})), check_lost(payload.get("lost", [])), checked)
+
+
+def _stamp(value: Any, where: str, now_ms: int, oldest: int, newest: int) -> int:
+    stamp = _int(value, f"{where}.time")
+    if stamp < oldest:
+        raise PayloadError(f"{where}: time {stamp} is older than the database keeps (retention)")
+    if stamp > newest:
+        raise PayloadError(f"{where}: time {stamp} is {(stamp - now_ms) / 1000:.0f} s in the future: "
+                           "check the agent's clock")
+    return stamp
+
+
+def check_event(event: Any, where: str, rules: Rules, now_ms: int, oldest: int, newest: int) -> EventIn:
+    """Return a validated event; PayloadError naming what is wrong (an unknown kind is named)."""
+    event = _dict(event, where)
+    extra = event.keys() - _EVENT_KEYS
+    if extra:
+        raise PayloadError(f"{where}: unknown keys {_short(', '.join(sorted(extra)))}")
+    seq = _int(event.get("seq"), f"{where}.seq", 1)
+    kind = event.get("kind")
+    if not isinstance(kind, str) or kind not in EVENT_KINDS:
+        raise PayloadError(f"{where}: event kind {_short(kind)} is not one of {', '.join(sorted(EVENT_KINDS))}")
+    stamp = _stamp(event.get("time"), where, now_ms, oldest, newest)
+    text = _text(event.get("text", ""), f"{where}.text", MAX_EVENT_TEXT, 0)
+    attributes = _dict(event.get("attributes", {}), f"{where}.attributes")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise PayloadError(f"{where}: {len(attributes)} attributes: at most {MAX_ATTRIBUTES}")
+    clean: dict[str, str | float] = {}
+    for key, value in attributes.items():
+        if not FIELD_NAME.match(key):
+            raise PayloadError(f"{where}: attribute name {_short(key)} is not lowercase letters, digits and '_'")
+        if isinstance(value, str):
+            clean[key] = _text(value, f"{where}.attributes.{key}", MAX_ATTRIBUTE_TEXT, 0)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= MAX_VALUE:
+            clean[key] = float(value)  # abs(NaN) <= x is False: NaN and inf are refused too
+        else:
+            raise PayloadError(f"{where}: attribute {key!r} must be text or a finite number within ±2^53")
+    return EventIn(seq, kind, check_tags(event.get("tags", {}), where, rules), stamp, text, clean)
+
+
+def clean_text(value: Any, max_len: int) -> str | None:
+    """Return a measurement's `result` or `detail` fit to keep: printable, cut to `max_len`; None if not text.
+
+    Never a refusal: the reason is for people, and a newer agent may word it in ways this one does not know."""
+    if not isinstance(value, str):
+        return None
+    return _UNPRINTABLE.sub(" ", value[:max_len])
 
 
 def _short(value: Any) -> str:
@@ -401,5 +472,5 @@ class SeriesCap:
         seen |= new
 
 
-__all__ = ["Batch", "NAMES", "PayloadError", "Point", "Rules", "SeriesCap", "check_agent", "check_depth",
+__all__ = ["Batch", "EventIn", "NAMES", "check_event", "clean_text", "PayloadError", "Point", "Rules", "SeriesCap", "check_agent", "check_depth",
            "check_enroll", "check_heartbeat", "check_ingest", "check_lost", "parse_json", "text_problem"]

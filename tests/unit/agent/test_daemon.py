@@ -63,7 +63,12 @@ class StandIn:
         await self.runner.cleanup()
 
     def seqs(self) -> list[int]:
-        return [m["seq"] for b in self.batches for m in b["measurements"]]
+        """Return the seqs of every measurement and event received, in order (one sequence space)."""
+        return [r["seq"] for b in self.batches for r in sorted(b["measurements"] + b.get("events", []),
+                                                                 key=lambda r: r["seq"])]
+
+    def events(self) -> list[dict]:
+        return [e for b in self.batches for e in b.get("events", [])]
 
     def names(self) -> set[str]:
         return {m["name"] for b in self.batches for m in b["measurements"]}
@@ -120,6 +125,11 @@ async def test_agent_ships_probe_host_and_self_metrics_then_says_stopping(tmp_pa
     assert states[0] == "running" and states[-1] == "stopping"
     seqs = collector.seqs()
     assert seqs == list(range(1, len(seqs) + 1))  # gap-free, each once
+    events = collector.events()  # the start, and the clean stop shipped before the `stopping` heartbeat
+    assert [e["kind"] for e in events] == ["agent_started", "agent_stopped"]
+    assert events[0]["seq"] == 1 and events[-1]["seq"] == seqs[-1]
+    assert events[-1]["tags"] == {"province": "ha-tinh", "commune": "dong-loc", "agent": "quay-01"}
+    assert events[-1]["attributes"]["uptime_s"] > 0 and "stopped cleanly" in events[-1]["text"]
     agent = next(m for b in collector.batches for m in b["measurements"] if m["name"] == "agent")
     assert all(isinstance(v, float) for v in agent["fields"].values()) and "version" in agent["tags"]
     assert {"task_restarts_total", "healthy", "lost_total", "dropped_disk_full_total", "disk_free_bytes",

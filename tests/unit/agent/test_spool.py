@@ -325,15 +325,15 @@ def test_a_damaged_row_is_set_aside_reported_lost_and_shipping_goes_on(tmp_path:
     assert [m for b in batches for _, m in b.items] == [rows(10)[i] for i in (1, 2, 4, 5, 7, 8, 9)]
     assert spool.pending_lost() == [(1, 1, "damaged spool row: not JSON"),
                                     (4, 4, "damaged spool row: cannot decompress"),
-                                    (7, 7, "damaged spool row: not a measurement")]
+                                    (7, 7, "damaged spool row: not a measurement or an event")]
     assert spool.lost_total == 3 and spool.depth() == 0 and stored(path) == []
     assert [s for s, _ in spool.damaged()] == [1, 4, 7]  # kept for people, with what failed
     assert "KeyError" in spool.damaged()[2][1]
     spool.lost_reported([(1, 4)])  # the collector acknowledged a batch carrying these
-    assert spool.pending_lost() == [(7, 7, "damaged spool row: not a measurement")]
+    assert spool.pending_lost() == [(7, 7, "damaged spool row: not a measurement or an event")]
     spool.close()
     again = Spool(path)
-    assert again.lost_total == 3 and again.pending_lost() == [(7, 7, "damaged spool row: not a measurement")]
+    assert again.lost_total == 3 and again.pending_lost() == [(7, 7, "damaged spool row: not a measurement or an event")]
     assert again.append(rows(1)) == range(11, 12)  # seqs go on
     again.close()
 

@@ -52,7 +52,7 @@ def test_every_error_is_listed_with_its_path():
     assert [(i.file, i.line, i.path) for i in issues] == [
         ("<config>", 1, ("province",)), ("<config>", 1, ("database", "url")), ("<config>", 1, ("database", "retention")),
         ("<config>", 1, ("limits", "max_body")), ("<config>", 1, ())]
-    assert issues[-1].message == ("unknown key 'typo' (valid keys: data_dir, database, limits, listen, province, "
+    assert issues[-1].message == ("unknown key 'typo' (valid keys: data_dir, database, event_retention, limits, listen, province, "
                                   "token_ttl, views_token)")
 
 

@@ -42,8 +42,9 @@ CREATE TABLE agents (province TEXT NOT NULL, commune TEXT NOT NULL, agent TEXT N
     stopped_cleanly INTEGER, clock_skew_ms REAL, spool_rows REAL, dropped_total REAL, egress TEXT,
     PRIMARY KEY (commune, agent));
 """
-TABLES = {"tokens", "credentials", "acked", "evicted", "lost", "spools", "agents", "events"}
-EVENT_COLUMNS = ["id", "agent", "spool", "seq", "kind", "time_ms", "tags", "text", "attributes"]
+TABLES = {"tokens", "credentials", "acked", "evicted", "lost", "spools", "agents", "events", "latest"}
+EVENT_COLUMNS = ["id", "commune", "agent", "spool", "seq", "kind", "time_ms", "tags", "text", "attributes",
+                 "received_ms"]
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -54,7 +55,7 @@ def test_a_fresh_file_gets_every_table_at_the_current_version(tmp_path) -> None:
     conn = connect(tmp_path / "collector.sqlite")
     assert schema_version(conn) == 0
     assert migrate(conn) == 0  # the version it had
-    assert schema_version(conn) == SCHEMA_VERSION == 2
+    assert schema_version(conn) == SCHEMA_VERSION == 3
     assert _tables(conn) == TABLES
     assert [r[1] for r in conn.execute("PRAGMA table_info(agents)")] == list(COLUMNS)
     assert [r[1] for r in conn.execute("PRAGMA table_info(events)")] == EVENT_COLUMNS
@@ -116,8 +117,9 @@ def test_a_version_1_file_gains_the_events_table(tmp_path) -> None:
     conn.execute("INSERT INTO acked VALUES ('a/b', 's', 1, 9)")
     assert "events" not in _tables(conn)
     assert migrate(conn) == 1
-    assert schema_version(conn) == SCHEMA_VERSION and "events" in _tables(conn)
+    assert schema_version(conn) == SCHEMA_VERSION and {"events", "latest"} <= _tables(conn)
     assert conn.execute("SELECT * FROM acked").fetchall() == [("a/b", "s", 1, 9)]
+    assert [r[1] for r in conn.execute("PRAGMA table_info(events)")] == EVENT_COLUMNS
 
 
 def test_a_file_from_a_newer_collector_is_refused(tmp_path) -> None:
