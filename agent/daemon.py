@@ -15,6 +15,12 @@
   not a commune gone dark — with the tasks' final health. The exit status is 1 when a task failed during the
   run and was not healthy at the end.
 
+A reload (SIGHUP on POSIX, `systemctl reload`, or `Agent.reload()` from within) reads the file again: an invalid
+file is logged issue by issue and changes nothing; a valid one restarts the scheduler with the new targets and
+schedule under the supervisor and gives the shipper its new settings, while what cannot change while running
+(the identity, the spool, the collector's address, credential and TLS trust, the request timeout) waits for a
+restart, with a warning that names the keys. The spool stays the same object throughout.
+
 Before the first probe the agent sends a `running` heartbeat (a few seconds at most) so the clock offset is
 known before the first measurement is committed; if the collector is unreachable, times stay uncorrected
 until the first answer.
@@ -24,17 +30,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from core.event import Event
 from core.measurement import Measurement
 from core.wire import Record
 from core.version import package_version
 
-from .config import AgentConfig
+from .config import AgentConfig, ConfigError, load_config
 from .credentials import CredentialError, load as load_credential, ssl_context
 from .runner import identity_tags
 from .scheduler import Scheduler
@@ -51,6 +58,11 @@ STOP_DRAIN_S = 3.0
 STOP_HEARTBEAT_S = 3.0
 STOP_SCHEDULER_S = 10.0  # the scheduler gives running probes 2 s; this is the backstop
 SPOOL_CHECK_S = 3600.0  # the spool's integrity check (also at start)
+SELF_PRODUCER = "self"  # the self-metrics producer: runs every schedule.host_interval
+# What a reload cannot change while the agent runs: the spool is one open file with one identity, and the
+# shipper's connection (URL, credential, trusted CA, timeout) is set up once. Collector keys by name.
+COLLECTOR_RESTART_KEYS = ("url", "allow_http", "credential_file", "ca_file", "timeout")
+IDENTITY_KEYS = ("province", "commune", "id")
 
 
 class Agent:
@@ -66,6 +78,8 @@ class Agent:
         self.disk_low = False
         self.scheduler: Scheduler | None = None
         self.started = time.monotonic()
+        self._reload_lock = asyncio.Lock()  # one reload at a time
+        self._reloads: set[asyncio.Task] = set()  # reloads requested by signal, kept until they end
 
     # -- what the collector and the database hear -------------------------------------------------------------
 
@@ -152,6 +166,68 @@ class Agent:
             log.info("the spool's disk has room again (%d bytes free)", self.disk_free)
         self.disk_low = low
 
+    # -- reloading the configuration --------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Start reload() in the background (SIGHUP's handler; callable from any code on the agent's loop)."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self, config: AgentConfig | None = None) -> bool:
+        """Apply a new configuration without stopping: `config`, else the file at `self.config.path` read again.
+
+        An invalid file changes nothing: each issue is logged as `file:line: key: message` and the agent goes on
+        with the configuration it has. A valid one restarts the scheduler (targets, lines, intervals, schedule)
+        under the supervisor and gives the shipper its new batch size, backlog rate and linger; the keys that
+        cannot change while running keep their old values until a restart, with a warning that names them.
+        Returns whether the new configuration is in use.
+        """
+        async with self._reload_lock:
+            try:
+                return await self._reload(config)
+            except Exception:  # noqa: BLE001 - a reload must never stop the agent
+                log.exception("reload failed: going on with the previous configuration")
+                return False
+
+    async def _reload(self, config: AgentConfig | None) -> bool:
+        path = self.config.path
+        if config is None:
+            try:
+                config = await asyncio.to_thread(load_config, path)
+            except ConfigError as exc:
+                for issue in exc.issues:
+                    log.error("%s", issue)
+                log.error("configuration not reloaded: %d error%s in %s; going on with the previous one",
+                          len(exc.issues), "s" if len(exc.issues) != 1 else "", path)
+                return False
+        version = await asyncio.to_thread(config_version, config.path)
+        if version == self.config_hash:
+            log.info("reload: %s has not changed", config.path)
+            return True
+        live, held = live_config(self.config, config)
+        if held:
+            log.warning("reload: %s changed in %s, which cannot change while the agent runs: the previous "
+                        "value%s stay%s until the agent is restarted (systemctl restart commune-monitor-agent)",
+                        ", ".join(held), config.path, "s" if len(held) > 1 else "", "" if len(held) > 1 else "s")
+        scheduler = self.scheduler
+        assert scheduler is not None
+        producers = [(name, live.schedule.host_interval if name == SELF_PRODUCER else interval, produce)
+                     for name, interval, produce in scheduler.producers]
+        if "scheduler" not in self.supervisor.tasks:  # not started yet: it starts with the new config
+            scheduler.reconfigure(live, producers)
+        elif await self.supervisor.replace("scheduler", scheduler.run, ask=scheduler.stop, timeout=STOP_SCHEDULER_S,
+                                           prepare=lambda: scheduler.reconfigure(live, producers)) is None:
+            log.info("reload: the agent is stopping; the new configuration is not applied")
+            return False
+        self.config, self.config_hash = live, version
+        if self.shipper is not None and live.collector is not None:
+            self.shipper.backlog_rate = live.collector.backlog_rate
+            self.shipper.batch_max = live.collector.batch_max
+            self.shipper.linger = _linger(live)
+        log.info("configuration reloaded from %s (%s): %d jobs", config.path, version, len(scheduler.jobs))
+        return True
+
     async def disk_watch(self) -> None:
         """Task: watch the spool's disk every `host_interval`."""
         while True:
@@ -170,11 +246,13 @@ class Agent:
 
 
 async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None,
-                    supervisor: Supervisor | None = None) -> int:
-    """Run the agent until `stop` is set (or SIGTERM/SIGINT when none is given); return the exit status:
-    1 when a task failed during the run and was not healthy at the end (Supervisor.exit_status), else 0."""
+                    supervisor: Supervisor | None = None, *, ready: Callable[[Agent], object] | None = None) -> int:
+    """Run the agent until `stop` is set (or SIGTERM/SIGINT when none is given, and then SIGHUP reloads); return
+    the exit status: 1 when a task failed during the run and was not healthy at the end (Supervisor.exit_status),
+    else 0. `ready(agent)` is called once the agent is wired, before its tasks start (for `agent.reload()`)."""
     from .spool import Spool  # the SQLite spool; imported here so `cmon probe` does not pay for it
 
+    own_signals = stop is None
     stop = stop or _signal_event()
     spool = Spool(config.spool.path, config.spool.max_size)
     clock = ClockOffset()
@@ -189,6 +267,10 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None,
     agent.scheduler = Scheduler(config, agent.commit, producers=producers, host=True,
                                 clock=lambda: clock.now_ms() / 1000, events=agent.commit)
     await asyncio.to_thread(agent.watch_disk)
+    if own_signals:
+        _reload_on_sighup(agent)
+    if ready is not None:
+        ready(agent)
     try:
         async with contextlib.AsyncExitStack() as stack:
             if shipper is not None:
@@ -226,6 +308,25 @@ async def _run_until(agent: Agent, stop: asyncio.Event) -> None:
         await _drain(agent.spool, ship_task, STOP_DRAIN_S)
         await sup.stop("shipper", timeout=0)
         await shipper.heartbeat("stopping", timeout=STOP_HEARTBEAT_S)  # carries the tasks' final health
+
+
+def live_config(old: AgentConfig, new: AgentConfig) -> tuple[AgentConfig, list[str]]:
+    """Return what of `new` a running agent can use (`old`'s values for what cannot change while it runs) and
+    the keys held back (`agent.id`, `spool.path`, `collector.url`, ...)."""
+    held = [f"agent.{key}" for key in IDENTITY_KEYS if getattr(old.agent, key) != getattr(new.agent, key)]
+    agent = new.agent.model_copy(update={key: getattr(old.agent, key) for key in IDENTITY_KEYS})
+    held += [f"spool.{key}" for key in ("path", "max_size") if getattr(old.spool, key) != getattr(new.spool, key)]
+    collector = new.collector
+    if old.collector is None or new.collector is None:
+        if old.collector != new.collector:
+            held.append("collector")
+            collector = old.collector
+    else:
+        fixed = {key: getattr(old.collector, key) for key in COLLECTOR_RESTART_KEYS
+                 if getattr(old.collector, key) != getattr(new.collector, key)}
+        held += [f"collector.{key}" for key in fixed]
+        collector = new.collector.model_copy(update=fixed)
+    return dataclasses.replace(new, agent=agent, spool=old.spool, collector=collector), held
 
 
 def _shifted(m: Record, offset_ms: int) -> Record:
@@ -267,6 +368,12 @@ async def _drain(spool: Any, ship_task: asyncio.Task, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def _reload_on_sighup(agent: Agent) -> None:
+    """Reload the configuration on SIGHUP (`systemctl reload`, `cmon agent reload`); Windows has no SIGHUP."""
+    if hasattr(signal, "SIGHUP"):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, agent.request_reload)
+
+
 def _signal_event() -> asyncio.Event:
     """Return an event set by SIGTERM/SIGINT (SIGBREAK on Windows consoles)."""
     event = asyncio.Event()
@@ -279,4 +386,4 @@ def _signal_event() -> asyncio.Event:
     return event
 
 
-__all__ = ["Agent", "run_agent"]
+__all__ = ["Agent", "live_config", "run_agent"]

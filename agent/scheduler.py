@@ -22,6 +22,9 @@ A run's Measurements go to the `sink` (the daemon commits them to the spool) as 
 probe's `ProbeResult.events`: none of today's probes gives any) go to the `events` callback when one is given,
 else they are logged (the agent passes its spool's commit: events are spooled and shipped like measurements).
 
+A reload (agent/daemon.py) stops the run, hands the scheduler the new config (`reconfigure`) and runs it again:
+new jobs, lines, intervals and turns; the counters go on.
+
 Missed rounds are never made up: when the loop wakes late (the PC slept, the process was stopped, the clock
 jumped), every job is rescheduled from now, so a resumed agent does not fire a burst.
 """
@@ -190,20 +193,28 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        self.config = config
         self.sink = sink
         self.events = events
         self.clock = clock
-        self.schedule = config.schedule
-        self.turns = Turns.from_config(config)
+        self.host = host
+        self.producers = list(producers)
         self.rng = rng or random.Random()
-        self.semaphore = asyncio.Semaphore(self.schedule.concurrency)
-        self.jobs = make_jobs(config, producers, host=host)
         self.probe_errors_total = 0
         self.runs_total = 0
-        self._heap: list[_Due] = []
         self._seq = 0
         self._tasks: set[asyncio.Task] = set()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: AgentConfig, producers: Sequence[tuple[str, float, Producer]] | None = None) -> None:
+        """Take `config` (and new producers, when given) for the next run(): call it only while run() is not going."""
+        self.config = config
+        self.schedule = config.schedule
+        self.turns = Turns.from_config(config)
+        if producers is not None:
+            self.producers = list(producers)
+        self.semaphore = asyncio.Semaphore(self.schedule.concurrency)
+        self.jobs = make_jobs(config, self.producers, host=self.host)
+        self._heap: list[_Due] = []
         self._stop = asyncio.Event()
 
     def due_time(self, job: Job, now: float) -> float:

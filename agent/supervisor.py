@@ -11,6 +11,9 @@ States (the wire's `agent.tasks`, docs/wire.md):
 - `restarting`: it failed and is waiting for its restart, or runs again but not yet for `healthy_s`;
 - `failed`: it was stopped while its last run had failed (waiting for a restart, or failing as it stopped).
 
+`replace(name, run)` stops a task and starts another body in its place under the same name and health record
+(a configuration reload restarts the scheduler this way); a task stopped for good meanwhile stays stopped.
+
 `exit_status()` is the rule `cmon agent run` exits with: 1 when a task failed during the run and was not `ok`
 when it was stopped, else 0. Pure asyncio; no threads.
 """
@@ -62,7 +65,8 @@ class Supervisor:
         self.clock = clock
         self.tasks: dict[str, TaskHealth] = {}
         self._running: dict[str, asyncio.Task] = {}
-        self._stopping: set[str] = set()
+        self._stopping: set[str] = set()  # being stopped: a return is not a failure
+        self._closed: set[str] = set()  # stopped for good by stop(): replace() must not start them again
 
     def start(self, name: str, run: Callable[[], Awaitable[object]]) -> asyncio.Task:
         """Start `run()` as the supervised task `name` (`[a-z_]{1,32}`, at most 16 tasks)."""
@@ -123,6 +127,35 @@ class Supervisor:
 
         A task waiting for its restart is cancelled at once and ends `failed`.
         """
+        self._closed.add(name)
+        await self._halt(name, ask, timeout)
+
+    async def replace(self, name: str, run: Callable[[], Awaitable[object]], *, ask: Callable[[], object] | None = None,
+                      timeout: float | None = None, prepare: Callable[[], object] | None = None) -> asyncio.Task | None:
+        """Stop task `name` as stop() does, call `prepare()`, then run `run()` in its place; return the new task.
+
+        Its health record goes on (restarts, last error); a task that was failing is `restarting` until the
+        new run has lasted `healthy_s`. Returns None, starting nothing, when the task is not running or was
+        stopped for good (stop()) before or during the replacement.
+        """
+        if name not in self._running or name in self._closed:
+            return None
+        health = self.tasks[name]
+        self._refresh()
+        was_ok = health.state == OK
+        await self._halt(name, ask, timeout)
+        if name in self._closed:
+            return None
+        self._stopping.discard(name)
+        health.state = OK if was_ok else RESTARTING
+        if prepare is not None:
+            prepare()  # no await between here and the start: a stop() cannot slip in
+        task = asyncio.create_task(self._keep(health, run), name=name)
+        self._running[name] = task
+        return task
+
+    async def _halt(self, name: str, ask: Callable[[], object] | None, timeout: float | None) -> None:
+        """Ask task `name` to stop, wait up to `timeout` s, then cancel it (see stop())."""
         task = self._running.get(name)
         if task is None:
             return

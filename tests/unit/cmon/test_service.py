@@ -301,3 +301,8 @@ def test_windows_refuses_the_collector_role(windows, tmp_path):
 def test_an_unknown_role_is_refused():
     with pytest.raises(ValueError, match="unknown role"):
         install(CONFIG, role="prober")
+
+
+def test_agent_unit_reloads_with_sighup():
+    unit = directives(systemd.render("agent", config=CONFIG, python="/opt/commune-monitor/bin/python"))
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the agent reloads its config on SIGHUP
