@@ -2,6 +2,10 @@
 and the other packages' subcommands (`cmon agent ...`, cmon/agent_commands.py; `cmon collector ...`,
 cmon/collector_commands.py; `cmon service ...`, cmon/service/command.py).
 
+`check-config` tells the kind of each file by its top-level keys, through `CONFIG_KINDS`: one `ConfigKind` entry
+(name, top-level keys, the keys every such file has, a check returning a one-line summary) per kind of file the
+product reads; a new kind is one more entry. `--kind NAME` skips the guessing.
+
 Exit status: 0 all good; 1 a probe is down; 2 the config or the command line is wrong. Each subcommand is a
 `cmd_*` function taking the parsed arguments and returning the exit status, so later commands add a subparser
 and a function. This package is the only one that sees every other (docs/architecture.md). See docs/cli.md.
@@ -11,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from agent import config as agent_config
 from agent.config import AgentConfig, ConfigError, load_config
@@ -30,10 +36,49 @@ from .collector_commands import add_commands as add_collector_commands
 from .service.command import add_parser as add_service_command
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
+# How alike a key must be to a kind's key to be taken for its typo (agnet/agent: 0.8); did-you-mean's 0.6 would take
+# an alert-rules file's `rules:` for a misspelt `lines:`.
+TYPO_CUTOFF = 0.8
 
 
 class UsageError(Exception):
     """A command-line mistake the user can fix; the message says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigKind:
+    """One kind of config file `cmon check-config` knows: how to tell it from the others, and how to check it."""
+
+    name: str
+    keys: frozenset[str]  # its top-level keys: a file is taken for the kind it shares the most keys with
+    required: tuple[str, ...]  # the keys every such file has: named when a file's kind is unclear
+    check: Callable[[LocatedYaml, str], str]  # validate the loaded file; return a one-line summary or raise ConfigError
+
+    def describe_keys(self, verb: str = "has ") -> str:
+        """Return `an agent config has agent: and services:` (the verb left out after the first of a list)."""
+        keys = [f"{key}:" for key in self.required]
+        listed = keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} and {keys[-1]}"
+        return f"{_article(self.name)} {self.name} config {verb}{listed}"
+
+
+def describe_kinds(kinds: Sequence[ConfigKind]) -> str:
+    """Return `an agent config has agent: and services:, a collector config province:, listen: and database:`."""
+    return ", ".join(kind.describe_keys("has " if index == 0 else "") for index, kind in enumerate(kinds))
+
+
+def _check_agent(located: LocatedYaml, file: str) -> str:
+    return describe(agent_config.from_yaml(located, Path(file)))
+
+
+def _check_collector(located: LocatedYaml, file: str) -> str:
+    return describe_collector(collector_config.from_yaml(located, Path(file).resolve().parent, check_files=True))
+
+
+# Every kind of config file the product reads, in order of precedence when a file's keys fit several equally.
+CONFIG_KINDS: tuple[ConfigKind, ...] = (
+    ConfigKind("agent", agent_config.TOP_LEVEL_KEYS, ("agent", "services"), _check_agent),
+    ConfigKind("collector", collector_config.TOP_LEVEL_KEYS, ("province", "listen", "database"), _check_collector),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = commands.add_parser("check-config", help="validate config files and list every error")
-    check.add_argument("files", nargs="+", metavar="FILE", help="agent or collector config YAML files")
+    check.add_argument("files", nargs="+", metavar="FILE", help="config YAML files (agent, collector)")
+    check.add_argument("--kind", choices=[kind.name for kind in CONFIG_KINDS],
+                       help="check every FILE as this kind (default: told by each file's top-level keys)")
     check.set_defaults(func=cmd_check_config)
 
     probe = commands.add_parser("probe", help="run every probe once and show the results")
@@ -68,7 +115,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for file in args.files:
         try:
-            summary = check_file(file)
+            summary = check_file(file, getattr(args, "kind", None))
         except ConfigError as exc:
             for issue in exc.issues:
                 print(issue, file=sys.stderr)
@@ -79,31 +126,64 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return status
 
 
-def check_file(file: str) -> str:
-    """Validate an agent or a collector config (told apart by its top-level keys); return a one-line summary."""
+def check_file(file: str, kind: str | None = None) -> str:
+    """Validate a config file of any known kind (told by its top-level keys, or `kind`); return a one-line summary."""
     located = read_yaml(file)
-    kind, notes = config_kind(located)
+    notes: list[ConfigIssue] = []
+    if kind is not None:
+        chosen = next(k for k in CONFIG_KINDS if k.name == kind)
+    else:
+        chosen, notes = kind_of(located)
     try:
-        if kind == "collector":
-            base = Path(file).resolve().parent
-            return describe_collector(collector_config.from_yaml(located, base, check_files=True))
-        return describe(agent_config.from_yaml(located, Path(file)))
+        return chosen.check(located, file)
     except ConfigError as exc:
         raise ConfigError([*notes, *exc.issues]) from None
 
 
 def config_kind(located: LocatedYaml) -> tuple[str, list[ConfigIssue]]:
-    """Return "agent" or "collector" by the file's top-level keys, with a note when they do not tell."""
-    keys = set(located.data) if isinstance(located.data, dict) else set()
-    agent = len(keys & agent_config.TOP_LEVEL_KEYS)
-    collector = len(keys & collector_config.TOP_LEVEL_KEYS)
-    if collector > agent:
-        return "collector", []
-    if agent > collector or not agent:  # no known key at all (empty, a typo): the agent's errors say what is needed
-        return "agent", []
-    note = located.issue((), "checked as an agent config: its top-level keys are as much a collector's (an agent "
-                             "config has agent: and services:, a collector config province:, listen: and database:)")
-    return "agent", [note]
+    """Return the name of the file's kind by its top-level keys, with a note when they do not tell (see kind_of)."""
+    kind, notes = kind_of(located)
+    return kind.name, notes
+
+
+def kind_of(located: LocatedYaml) -> tuple[ConfigKind, list[ConfigIssue]]:
+    """Return the kind whose top-level keys the file uses most, with a note when several fit as well.
+
+    A file with no keys (empty, not a mapping) is taken for the first kind, whose errors say what it needs; one
+    whose keys fit no kind goes to the kind a key looks like a typo of, else it is an error naming every kind
+    and its keys (ConfigError).
+    """
+    keys = [key for key in located.data if isinstance(key, str)] if isinstance(located.data, dict) else []
+    scores = [(len(set(keys) & kind.keys), kind) for kind in CONFIG_KINDS]
+    best = max(score for score, _ in scores)
+    if not best:
+        return _unknown_kind(located, keys), []
+    tied = [kind for score, kind in scores if score == best]
+    if len(tied) == 1:
+        return tied[0], []
+    others = " or ".join(f"{_article(kind.name)} {kind.name}'s" for kind in tied[1:])
+    note = located.issue((), f"checked as {_article(tied[0].name)} {tied[0].name} config: its top-level keys are as "
+                             f"much {others} ({describe_kinds(tied)})")
+    return tied[0], [note]
+
+
+def _unknown_kind(located: LocatedYaml, keys: list[str]) -> ConfigKind:
+    """Return the kind for a file none of whose keys is known: by a typo of one, else raise ConfigError."""
+    if not keys:
+        return CONFIG_KINDS[0]
+    for kind in CONFIG_KINDS:
+        if any(difflib.get_close_matches(key, kind.keys, n=1, cutoff=TYPO_CUTOFF) for key in keys):
+            return kind  # its own check says "unknown key 'agnet' — did you mean 'agent'?"
+    shown = ", ".join(f"{key}:" for key in keys[:5]) + (", ..." if len(keys) > 5 else "")
+    kinds = describe_kinds(CONFIG_KINDS)
+    names = "|".join(kind.name for kind in CONFIG_KINDS)
+    raise ConfigError([located.issue((), f"not a config file cmon knows: its top-level keys ({shown}) are none of a "
+                                         f"known kind's ({kinds}); to check it as one anyway: --kind {names}",
+                                     at=(keys[0],))])
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def describe_collector(config: collector_config.CollectorConfig) -> str:

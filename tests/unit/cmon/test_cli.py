@@ -190,3 +190,66 @@ def test_probe_the_lab_config_against_the_real_province(province, tmp_path: Path
     assert (status, down) == (0, [])
     assert len(results) == 2 * 14
     assert {r["tags"]["probe"] for r in results} == {"http", "tcp", "tls", "icmp", "smtp", "imap", "dns"}
+
+
+KNOWN_KINDS = ("an agent config has agent: and services:, a collector config province:, listen: and database:")
+
+
+def test_check_config_refuses_a_file_whose_keys_fit_no_kind_naming_every_kind(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("# alert rules, a kind cmon does not know yet\nrules: []\nreceivers: {}\n", encoding="utf-8")
+    assert run(capsys, "check-config", str(path)) == (2, "", (
+        f"{path}:2: not a config file cmon knows: its top-level keys (rules:, receivers:) are none of a known "
+        f"kind's ({KNOWN_KINDS}); to check it as one anyway: --kind agent|collector\n"
+        f"{path}: 1 error\n"))
+
+
+def test_check_config_takes_a_file_of_typos_for_the_kind_they_look_like(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "typos.yaml"
+    path.write_text("provnce: ha-tinh\nlisten: {port: 8443}\n", encoding="utf-8")  # one known key, one typo
+    status, _, err = run(capsys, "check-config", str(path))
+    assert status == 2 and f"{path}:1: unknown key 'provnce' — did you mean 'province'?" in err.splitlines()
+    path.write_text("agnet: {}\nservics: {}\n", encoding="utf-8")  # typos only: the agent's, by their look
+    status, _, err = run(capsys, "check-config", str(path))
+    assert status == 2 and f"{path}:1: unknown key 'agnet' — did you mean 'agent'?" in err.splitlines()
+
+
+def test_check_config_kind_forces_the_kind(tmp_path: Path, capsys, listening_port: int) -> None:
+    path = tmp_path / "mixed.yaml"
+    path.write_text("province: ha-tinh\nservices: {}\n", encoding="utf-8")
+    status, out, err = run(capsys, "check-config", "--kind", "collector", str(path))
+    assert (status, out) == (2, "") and err.splitlines() == [
+        f"{path}:1: missing required key 'listen'",
+        f"{path}:1: missing required key 'database'",
+        f"{path}:2: unknown key 'services' — did you mean 'province'?",
+        f"{path}: 3 errors",
+    ]  # no "checked as" note: the kind was given
+    good = write_config(tmp_path, listening_port)
+    status, out, err = run(capsys, "check-config", "--kind", "agent", str(good))
+    assert (status, err) == (0, "") and out.startswith(f"{good}: OK — 2 targets")
+    with pytest.raises(SystemExit):
+        cli.main(["check-config", "--kind", "rules", str(good)])
+    assert "invalid choice: 'rules'" in capsys.readouterr().err
+
+
+def test_a_new_kind_of_config_is_one_entry(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    def check_rules(located, file: str) -> str:
+        return f"{len(located.data['rules'])} rules"
+
+    rules = cli.ConfigKind("alert-rules", frozenset({"rules", "receivers"}), ("rules",), check_rules)
+    monkeypatch.setattr(cli, "CONFIG_KINDS", (*cli.CONFIG_KINDS, rules))
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules: [a, b]\n", encoding="utf-8")
+    assert run(capsys, "check-config", str(path)) == (0, f"{path}: OK — 2 rules\n", "")
+    assert run(capsys, "check-config", "--kind", "alert-rules", str(path))[0] == 0
+    path.write_text("other: 1\n", encoding="utf-8")
+    status, _, err = run(capsys, "check-config", str(path))
+    assert status == 2 and (f"({KNOWN_KINDS}, an alert-rules config rules:); to check it as one anyway: "
+                            "--kind agent|collector|alert-rules") in err
+
+
+def test_every_kind_is_told_by_keys_it_really_has() -> None:
+    names = [kind.name for kind in cli.CONFIG_KINDS]
+    assert names == ["agent", "collector"] and len(set(names)) == len(names)
+    for kind in cli.CONFIG_KINDS:
+        assert set(kind.required) <= kind.keys
