@@ -142,12 +142,13 @@ class Supervisor:
             return None
         health = self.tasks[name]
         self._refresh()
-        was_ok = health.state == OK
+        was_ok, restarts = health.state == OK, health.restarts
         await self._halt(name, ask, timeout)
         if name in self._closed:
             return None
         self._stopping.discard(name)
-        health.state = OK if was_ok else RESTARTING
+        # a task that failed on its way out is not ok until the new run has lasted healthy_s
+        health.state = OK if was_ok and health.restarts == restarts else RESTARTING
         if prepare is not None:
             prepare()  # no await between here and the start: a stop() cannot slip in
         task = asyncio.create_task(self._keep(health, run), name=name)

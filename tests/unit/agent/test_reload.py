@@ -255,3 +255,22 @@ async def test_supervisor_a_stop_during_a_replacement_wins() -> None:
     await asyncio.sleep(0.05)
     assert started == ["old"]
     assert await supervisor.replace("scheduler", new) is None  # nor later
+
+
+async def test_supervisor_a_task_failing_as_it_is_replaced_stays_counted() -> None:
+    supervisor, stop = Supervisor(healthy_s=60), asyncio.Event()
+
+    async def fails_on_stop() -> None:
+        await stop.wait()
+        raise RuntimeError("bug on the way out")
+
+    async def new() -> None:
+        await asyncio.Event().wait()
+
+    supervisor.start("scheduler", fails_on_stop)
+    await asyncio.sleep(0.05)
+    assert await supervisor.replace("scheduler", new, ask=stop.set) is not None
+    assert supervisor.wire()["scheduler"] == {"state": "restarting", "restarts": 1,
+                                              "error": "RuntimeError: bug on the way out"}
+    await supervisor.stop("scheduler", timeout=0)
+    assert supervisor.exit_status() == 1
