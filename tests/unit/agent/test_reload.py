@@ -7,7 +7,9 @@ is held back with a warning, the rest applies; the reported config_version follo
 from __future__ import annotations
 
 import asyncio
+import gzip
 import importlib.util
+import json
 import logging
 import signal
 import sys
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from agent.config import AgentConfig, load_config
 from agent.credentials import Credential, save
@@ -274,3 +277,42 @@ async def test_supervisor_a_task_failing_as_it_is_replaced_stays_counted() -> No
                                               "error": "RuntimeError: bug on the way out"}
     await supervisor.stop("scheduler", timeout=0)
     assert supervisor.exit_status() == 1
+
+
+async def test_the_collector_hears_the_new_config_version_and_the_new_targets(tmp_path: Path, listening_port: int) -> None:
+    payloads: list[dict] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.read()
+        payloads.append(json.loads(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body))
+        acked = {"acked": [payloads[-1]["first"], payloads[-1]["last"]]} if "first" in payloads[-1] else {}
+        return web.json_response(acked, headers={"X-Server-Time-Ms": str(int(time.time() * 1000))})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/ingest", answer)
+    app.router.add_post("/api/v1/heartbeat", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        save(tmp_path / "credential.json", Credential(url, "x", "ha-tinh", "dong-loc", "quay-01"))
+        collector = f"collector: {{url: '{url}', allow_http: true}}\n"
+        path = write(tmp_path / "agent.yaml", target("old", listening_port), extra=collector)
+        old_version = config_version(path)
+        async with Running(load_config(path)) as run:
+            await until(lambda: any(p.get("agent", {}).get("config_version") == old_version for p in payloads))
+            write(path, target("new", listening_port), extra=collector)
+            assert await run.agent.reload() is True
+            sent = len(payloads)
+            await until(lambda: any("new" in targets_in(p) for p in payloads[sent:]))
+        new_version = config_version(path)
+        after = payloads[sent:]
+        assert after and all(p["agent"]["config_version"] == new_version != old_version for p in after)
+        assert payloads[-1]["state"] == "stopping"  # the stop sequence still ends the run
+    finally:
+        await runner.cleanup()
+
+
+def targets_in(payload: dict) -> set[str]:
+    return {m.get("tags", {}).get("target") for m in payload.get("measurements", [])}
