@@ -37,6 +37,8 @@ from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from core.wire import MAX_SEQ
+
 from .admission import AGENT_RETRY_AFTER_S, ENROLL_RETRY_AFTER_S
 from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY, SERIES, WRITER
 from .auth import AuthError, Identity
@@ -209,12 +211,12 @@ async def _ingest(request: web.Request, who: Identity, deadline: float) -> web.R
         new_events = [e for e in batch.events if any(a <= e.seq <= b for a, b in todo)]
         if new_events:
             try:  # stored before the range is acknowledged: an acknowledged event is never lost
-                await asyncio.to_thread(app[EVENTS].add, who, batch.spool, new_events)
+                stored = await asyncio.to_thread(app[EVENTS].add, who, batch.spool, new_events)
             except Exception:  # noqa: BLE001 - a full disk, a locked file: not acknowledged, the agent resends
                 log.exception("cannot store the events of %s/%s %d..%d", who.key, batch.spool, batch.first,
                               batch.last)
                 return error(503, "cannot store the batch's events: retry", **{"Retry-After": str(limits.retry_after)})
-            metrics.events_total.inc(len(new_events))
+            metrics.events_total.inc(stored)  # a resend after a crash stores (and counts) nothing again
         try:
             evicted, lost = await acks.record(who.key, batch.spool, batch.first, batch.last, evicted=batch.evicted,
                                               lost=batch.lost)
@@ -323,7 +325,9 @@ async def events(request: web.Request) -> web.Response:
     try:
         since, limit = int(query.get("since_ms", "0")), int(query.get("limit", "100"))
     except ValueError:
-        return error(400, "since_ms and limit must be integers")
+        since = limit = -1
+    if not 0 <= since <= MAX_SEQ or limit < 1:
+        return error(400, "since_ms must be a time in Unix milliseconds and limit a positive integer")
     rows = await asyncio.to_thread(request.app[EVENTS].query, query.get("commune"), query.get("kind"), since, limit)
     return web.json_response({"events": rows, "server_time_ms": _now_ms()})
 

@@ -41,7 +41,7 @@ _TASK = re.compile(r"[a-z_]{1,32}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _MEASUREMENT_KEYS = frozenset({"seq", "name", "tags", "fields", "time", "result", "detail"})
 _EVENT_KEYS = frozenset({"seq", "kind", "tags", "time", "text", "attributes"})
-_UNPRINTABLE = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+
 RETENTION_MARGIN_MS = 3600_000  # refuse a little before VM's own cut: a sample about to expire is not worth it
 HEALTH = ("ok", "degraded")
 TASK_STATES = ("ok", "restarting", "failed")
@@ -257,8 +257,8 @@ def check_ingest(payload: Any, rules: Rules, now_ms: int | None = None) -> Batch
                            f"to at most {MAX_SEQ}")
     if count > rules.max_measurements:
         raise PayloadError(f"{count} measurements and events in one batch: at most {rules.max_measurements}")
-    event_seqs = [e.get("seq") if isinstance(e, dict) else None for e in events]
-    taken = set(event_seqs)
+    # Only integers: a list as a seq is unhashable (and refused by check_event below, with its reason).
+    taken = {e.get("seq") for e in events if isinstance(e, dict) and type(e.get("seq")) is int}
     expected = iter(s for s in range(first, last + 1) if s not in taken)  # the seqs the measurements must have
     points = []
     for index, item in enumerate(items):
@@ -330,7 +330,11 @@ def clean_text(value: Any, max_len: int) -> str | None:
     Never a refusal: the reason is for people, and a newer agent may word it in ways this one does not know."""
     if not isinstance(value, str):
         return None
-    return _UNPRINTABLE.sub(" ", value[:max_len])
+    value = value[:max_len]
+    if value.isprintable():
+        return value
+    # Controls, newlines, format characters (zero-width, bidi overrides), unpaired surrogates: a space each.
+    return "".join(c if c.isprintable() else " " for c in value)
 
 
 def _short(value: Any) -> str:

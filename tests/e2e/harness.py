@@ -246,8 +246,23 @@ class Pipeline:
         """Assert VM holds exactly the samples the schedule promised; return a summary."""
         config = load_config(self.config_path)
         self.rows_inserted()  # VM ingests for up to a second after its 204: wait until its counter settles
-        exported = self.ns.call(self.vm.export, f'{{agent="{AGENT_ID}"}}')
+        exported = self.exported()
         return check_schedule(config, exported, self.windows(), self._producers(), **kwargs)
+
+    def exported(self, settle: float = 1.5, timeout: float = 15.0) -> list[dict]:
+        """Return the agent's series from VM once two exports `settle` s apart agree: a series VM has never seen
+        (the first `agent_stopped` event, written at the stop) is searchable only after its index is flushed,
+        about a second after its rows are counted as inserted."""
+        match = f'{{agent="{AGENT_ID}"}}'
+        deadline = time.monotonic() + timeout
+        last = self.ns.call(self.vm.export, match)
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            now = self.ns.call(self.vm.export, match)
+            if now == last:
+                return now
+            last = now
+        return last
 
     def wait_delivered(self, timeout: float = 90.0, lag: float = 1.5) -> None:
         """Wait until VM holds every run planned up to `lag` s ago for the running agent (the backlog drained)."""

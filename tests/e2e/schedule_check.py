@@ -13,7 +13,8 @@ MUST be in VM once, and none outside it may be:
 "Be there" means, for a probe job, a sample in EVERY series of that target (each field: the distinct (series,
 timestamp) pairs are exactly fields × rounds); for host health and self-metrics, a sample of `host_mem_pct` /
 `agent_uptime_s` (other host series vary: `cpu_pct` is not in a process's first sample) and no stray sample in
-any `host_*` / `agent_*` series. Nothing here looks at the agent's own counters.
+any `host_*` / `agent_*` series. Nothing here looks at the agent's own counters. The agent's lifecycle events
+(`event_count`) are checked per process too (`check_events`).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def check_schedule(config, exported: list[dict], windows: Sequence[Window],
         planned[job.key].append(at)
         if verdicts:
             verdict[(job.key, at)] = "must" if "must" in verdicts else "may"
-    problems: list[str] = []
+    problems: list[str] = check_events([s for s in exported if s["metric"]["__name__"] == "event_count"], windows)
+    exported = [s for s in exported if s["metric"]["__name__"] != "event_count"]
     found: dict[str, set[float]] = collections.defaultdict(set)  # job → rounds seen in its anchor series
     per_series: dict[str, list[set[float]]] = collections.defaultdict(list)
     for series in exported:
@@ -113,6 +115,31 @@ def check_schedule(config, exported: list[dict], windows: Sequence[Window],
             problems.append(f"{key}: the round planned at {at:.3f} is missing")
     assert not problems, f"{len(problems)} problems (windows {windows}):\n" + "\n".join(problems[:40])
     return {key: len(rounds) for key, rounds in sorted(found.items())}
+
+
+def check_events(exported: list[dict], windows: Sequence[Window]) -> list[str]:
+    """Return what is wrong with the agent's lifecycle events in VM (`event_count{kind=...}`).
+
+    Every agent process that reached the collector committed one `agent_started` (before its first probe, just
+    after its first heartbeat); every process stopped cleanly one `agent_stopped`, and a killed one none: after
+    kills and collector restarts, each is there exactly once."""
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    for series in exported:
+        times[series["metric"].get("kind", "?")] += [t / 1000 for t in series["timestamps"]]
+    problems = [f"unexpected event kind {kind!r}" for kind in times if kind not in ("agent_started", "agent_stopped")]
+    started = [w for w in windows if w.scheduling is not None]
+    stopped = [w for w in started if w.clean and not w.open_end and w.ended is not None]
+    for kind, expected, low, high in (
+            ("agent_started", started, lambda w: w.launched, lambda w: w.scheduling + 2.0),
+            ("agent_stopped", stopped, lambda w: w.scheduling, lambda w: w.ended + 0.5)):
+        seen = sorted(times.get(kind, []))
+        if len(seen) != len(expected):
+            problems.append(f"{kind}: {len(seen)} events at {seen}, expected one for each of {expected}")
+            continue
+        for at, w in zip(seen, sorted(expected, key=lambda w: w.launched)):
+            if not low(w) - 0.1 <= at <= high(w):
+                problems.append(f"{kind} at {at:.3f} is outside its agent process {w}")
+    return problems
 
 
 def _round_of(times: list[float], t: float) -> float | None:

@@ -114,7 +114,8 @@ def damage_a_probe_row(path: Path) -> tuple[int, Measurement]:
     with Spool(path) as spool:
         rows = spool._db.execute("SELECT seq, body FROM rows ORDER BY seq").fetchall()
         probes = [(seq, spool._decode(body)) for seq, body in rows]
-        probes = [(seq, m) for seq, m in probes if m.name == "probe" and m.tags["target"] == "local-tcp"]
+        probes = [(seq, m) for seq, m in probes
+                  if isinstance(m, Measurement) and m.name == "probe" and m.tags["target"] == "local-tcp"]
     seq, measurement = probes[len(probes) // 2]
     conn = sqlite3.connect(path)
     try:
