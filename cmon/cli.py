@@ -20,13 +20,12 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from agent import config as agent_config
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.render import json_lines, table
 from agent.runner import plan, run_once
-from collector import config as collector_config
 from core.config.issues import ConfigIssue, suggest
 from core.config.loader import LocatedYaml, read_yaml
 from core.version import package_version
@@ -34,6 +33,9 @@ from core.version import package_version
 from .agent_commands import add_commands as add_agent_commands
 from .collector_commands import add_commands as add_collector_commands
 from .service.command import add_parser as add_service_command
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
 # How alike a key must be to a kind's key to be taken for its typo (agnet/agent: 0.8); did-you-mean's 0.6 would take
@@ -50,9 +52,16 @@ class ConfigKind:
     """One kind of config file `cmon check-config` knows: how to tell it from the others, and how to check it."""
 
     name: str
-    keys: frozenset[str]  # its top-level keys: a file is taken for the kind it shares the most keys with
+    # Its top-level keys: a file is taken for the kind it shares the most keys with. A function returning them
+    # when they come from a module not to import before a file of that kind is checked.
+    top_level: frozenset[str] | Callable[[], frozenset[str]]
     required: tuple[str, ...]  # the keys every such file has: named when a file's kind is unclear
     check: Callable[[LocatedYaml, str], str]  # validate the loaded file; return a one-line summary or raise ConfigError
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Return the kind's top-level keys."""
+        return self.top_level if isinstance(self.top_level, frozenset) else self.top_level()
 
     def describe_keys(self, verb: str = "has ") -> str:
         """Return `an agent config has agent: and services:` (the verb left out after the first of a list)."""
@@ -71,13 +80,21 @@ def _check_agent(located: LocatedYaml, file: str) -> str:
 
 
 def _check_collector(located: LocatedYaml, file: str) -> str:
+    from collector import config as collector_config
+
     return describe_collector(collector_config.from_yaml(located, Path(file).resolve().parent, check_files=True))
+
+
+def _collector_keys() -> frozenset[str]:
+    from collector import config as collector_config  # not imported by `cmon agent run` (the agent's memory)
+
+    return collector_config.TOP_LEVEL_KEYS
 
 
 # Every kind of config file the product reads, in order of precedence when a file's keys fit several equally.
 CONFIG_KINDS: tuple[ConfigKind, ...] = (
     ConfigKind("agent", agent_config.TOP_LEVEL_KEYS, ("agent", "services"), _check_agent),
-    ConfigKind("collector", collector_config.TOP_LEVEL_KEYS, ("province", "listen", "database"), _check_collector),
+    ConfigKind("collector", _collector_keys, ("province", "listen", "database"), _check_collector),
 )
 
 
@@ -186,7 +203,7 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def describe_collector(config: collector_config.CollectorConfig) -> str:
+def describe_collector(config: "CollectorConfig") -> str:
     """Return `collector for province ha-tinh, HTTPS on 0.0.0.0:8443, database http://127.0.0.1:8428/`."""
     listen = config.listen
     scheme = "plain HTTP" if listen.allow_http else "HTTPS"

@@ -8,15 +8,22 @@ import asyncio
 import sys
 from pathlib import Path
 
-from collector.auth import Auth
-from collector.config import CollectorConfig, CollectorConfigError, load_config, parse_ttl
-from collector.db import connect
+from typing import TYPE_CHECKING
+
 from core.tls import fingerprint
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
+
+# The collector's modules are imported by the collector's commands only: `cmon agent run`, on every counter PC,
+# does not carry their pydantic models and state-file code in memory.
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _load(path: str) -> CollectorConfig | None:
+def _load(path: str) -> "CollectorConfig | None":
+    from collector.config import CollectorConfigError, load_config
+
     try:
         return load_config(path)
     except CollectorConfigError as exc:
@@ -37,6 +44,10 @@ def run(path: str) -> int:
 
 def token_create(path: str, commune: str, ttl: str | None = None) -> int:
     """Print a new one-time enrollment token for `commune` (and the CA fingerprint agents pin)."""
+    from collector.auth import Auth
+    from collector.config import parse_ttl
+    from collector.db import connect
+
     try:
         ttl_s = parse_ttl(ttl) if ttl is not None else None
     except ValueError as exc:  # before the config: a wrong argument is told as such, whatever the file says
@@ -67,6 +78,9 @@ def token_create(path: str, commune: str, ttl: str | None = None) -> int:
 
 def revoke(path: str, agent: str) -> int:
     """Revoke an agent's credentials (`AGENT` or `COMMUNE/AGENT`); exit 1 when it had none."""
+    from collector.auth import Auth
+    from collector.db import connect
+
     config = _load(path)
     if config is None:
         return EXIT_USAGE
