@@ -145,14 +145,18 @@ class Agent:
             await self.shipper.heartbeat("running")
         return []
 
+    def event(self, kind: str, text: str, **attributes: str | float) -> Event:
+        """Return an event of this agent now (identity tags; the clock offset is applied when it is committed)."""
+        return Event(kind, self.tags, int(time.time() * 1000), text, attributes)
+
     def lifecycle_event(self, kind: str) -> Event:
         """Return the `agent_started` or `agent_stopped` (a clean stop) event, with the agent's identity tags."""
         uptime = time.monotonic() - self.started
         text = (f"agent {self.version} started" if kind == "agent_started"
                 else f"agent stopped cleanly after {uptime:.0f} s (a service stop or shutdown, not a failure)")
-        attributes: dict[str, str | float] = {"version": self.version}
+        attributes: dict[str, str | float] = {"version": self.version, "config_version": self.config_hash}
         if kind == "agent_stopped":
-            attributes = {"reason": "stop requested (service stop, shutdown, SIGTERM)", "uptime_s": round(uptime, 1)}
+            attributes |= {"reason": "stop requested (service stop, shutdown, SIGTERM)", "uptime_s": round(uptime, 1)}
         return Event(kind, self.tags, int(time.time() * 1000), text, attributes)
 
     def watch_disk(self) -> None:
@@ -200,6 +204,8 @@ class Agent:
                     log.error("%s", issue)
                 log.error("configuration not reloaded: %d error%s in %s; going on with the previous one",
                           len(exc.issues), "s" if len(exc.issues) != 1 else "", path)
+                await self.commit([self.event("config_rejected", f"new configuration refused: {exc.issues[0]}",
+                                              errors=len(exc.issues), first_error=str(exc.issues[0])[:500])])
                 return False
         version = await asyncio.to_thread(config_version, config.path)
         if version == self.config_hash:
@@ -220,7 +226,11 @@ class Agent:
                                            prepare=lambda: scheduler.reconfigure(live, producers)) is None:
             log.info("reload: the agent is stopping; the new configuration is not applied")
             return False
-        self.config, self.config_hash = live, version
+        previous, self.config, self.config_hash = self.config_hash, live, version
+        await self.commit([self.event("config_reloaded", f"configuration reloaded: {len(scheduler.jobs)} jobs"
+                                      + (f"; {', '.join(held)} wait for a restart" if held else ""),
+                                      config_version=version, previous_config_version=previous,
+                                      held=", ".join(held), jobs=len(scheduler.jobs))])
         if self.shipper is not None and live.collector is not None:
             self.shipper.backlog_rate = live.collector.backlog_rate
             self.shipper.batch_max = live.collector.batch_max

@@ -258,6 +258,17 @@ EVENTS: tuple[EventKind, ...] = (
     EventKind("agent_stopped", "the agent stopped cleanly (a service stop, SIGTERM): silence after it is no "
               "outage", (AttributeSpec("reason", "text", "why it stopped, e.g. the signal"),
                          AttributeSpec("uptime_s", "number", "how long the agent had run", "s"), *_RUN)),
+    EventKind("config_reloaded", "the agent applied a new configuration without a restart (SIGHUP, systemctl "
+              "reload, cmon agent reload)",
+              (AttributeSpec("config_version", "text", "`sha256:<hex>` of the configuration now in use"),
+               AttributeSpec("previous_config_version", "text", "`sha256:<hex>` of the one before"),
+               AttributeSpec("held", "text", "keys that changed but wait for a restart (identity, spool, collector "
+                             "address), comma-separated; empty when everything applied"),
+               AttributeSpec("jobs", "number", "the scheduler's jobs after the reload: each target × line, host "
+                             "health, the agent's own measurement", "count"))),
+    EventKind("config_rejected", "a reload found errors in the new configuration: the agent goes on with the one "
+              "it has", (AttributeSpec("errors", "number", "how many errors the file has", "count"),
+                         AttributeSpec("first_error", "text", "the first of them, `file:line: key: message`"))),
     EventKind("failover", "a line event: the site's traffic moved from its primary line to a backup line",
               reserved=True),
     EventKind("failback", "a line event: the site's traffic is back on its primary line", reserved=True),

@@ -130,6 +130,9 @@ async def test_agent_ships_probe_host_and_self_metrics_then_says_stopping(tmp_pa
     assert events[0]["seq"] == 1 and events[-1]["seq"] == seqs[-1]
     assert events[-1]["tags"] == {"province": "ha-tinh", "commune": "dong-loc", "agent": "quay-01"}
     assert events[-1]["attributes"]["uptime_s"] > 0 and "stopped cleanly" in events[-1]["text"]
+    from core.catalogue import EVENTS
+    declared = {kind.name: {a.name for a in kind.attributes} for kind in EVENTS}
+    assert all(set(e["attributes"]) == declared[e["kind"]] for e in events)  # what the catalogue says they carry
     agent = next(m for b in collector.batches for m in b["measurements"] if m["name"] == "agent")
     assert all(isinstance(v, float) for v in agent["fields"].values()) and "version" in agent["tags"]
     assert {"task_restarts_total", "healthy", "lost_total", "dropped_disk_full_total", "disk_free_bytes",

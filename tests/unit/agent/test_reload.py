@@ -53,6 +53,7 @@ class Running:
         self.config = config
         self.agent = None
         self.appended: list[tuple[float, str, dict]] = []  # (when, name, tags)
+        self.events: list = []  # the Events committed
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -64,9 +65,13 @@ class Running:
             measurements = list(measurements)
             now = time.monotonic()
             self.appended += [(now, getattr(m, "name", "event"), dict(m.tags)) for m in measurements]
+            self.events += [m for m in measurements if hasattr(m, "kind")]
             return real(measurements)
 
         agent.spool.append = append
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
 
     def targets(self, since: float = 0.0) -> list[str]:
         return [tags["target"] for when, name, tags in self.appended if name == "probe" and when >= since]
@@ -104,6 +109,9 @@ async def test_a_reload_probes_the_new_target_stops_the_removed_one_and_reports_
         assert agent.info()["config_version"] == config_version(path) != before
         assert agent.supervisor.wire()["scheduler"] == {"state": "ok", "restarts": 0}
         assert [t.name for t in agent.config.targets] == ["new", "other"]
+        [event] = [e for e in run.events if e.kind == "config_reloaded"]  # the timeline says when it changed
+        assert event.attributes == {"config_version": config_version(path), "previous_config_version": before,
+                                    "held": "", "jobs": 4.0}  # 2 targets, host, self
         self_metrics = await agent.self_metrics()
         assert self_metrics[0].fields["config_version"] == config_number(config_version(path))
     with Spool(tmp_path / "spool.db") as stored:
@@ -134,6 +142,9 @@ async def test_an_invalid_file_is_logged_with_its_lines_and_the_old_config_goes_
         await until(lambda: run.targets(failed).count("old") >= 2)  # still probing, as before
         assert agent.info()["config_version"] == before
         assert not task_failed(agent)
+        [event] = [e for e in run.events if e.kind == "config_rejected"]
+        assert event.attributes == {"errors": 2.0, "first_error": errors[0]}
+        assert "config_reloaded" not in run.kinds()
 
 
 async def test_what_cannot_change_while_running_is_held_back_with_a_warning_and_the_rest_applies(
@@ -162,6 +173,8 @@ async def test_what_cannot_change_while_running_is_held_back_with_a_warning_and_
         assert agent.config.collector is not None and str(agent.config.collector.url) == "http://127.0.0.1:9/"
         assert (agent.shipper.batch_max, agent.shipper.backlog_rate) == (50, 1_000_000)
         assert agent.info()["config_version"] == config_version(path)
+        [event] = [e for e in run.events if e.kind == "config_reloaded"]
+        assert event.attributes["held"] == "agent.id, spool.path, collector.url"
 
 
 def task_failed(agent) -> bool:
