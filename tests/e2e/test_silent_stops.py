@@ -24,7 +24,7 @@ from agent.spool import Spool
 from core.ranges import merge
 from disk_helpers import fill, tmpfs
 from e2e.harness import AGENT_ID, Pipeline, Window
-from e2e.schedule_check import _round_of, check_schedule, job_of
+from e2e.schedule_check import _round_of, check_events, check_schedule, job_of
 from core.measurement import Measurement
 
 IDENTITY_MATCH = f'{{agent="{AGENT_ID}"}}'
@@ -37,6 +37,7 @@ def export(pipeline: Pipeline, settled: bool = True) -> list[dict]:
     """Return VM's samples of the agent; `settled`: once VM's insert counter is still (only with no agent running)."""
     if settled:
         pipeline.rows_inserted()  # VM ingests for up to a second after its 204: wait until its counter settles
+        return pipeline.exported()  # and a series first written at the stop is searchable
     return pipeline.ns.call(pipeline.vm.export, IDENTITY_MATCH)
 
 
@@ -234,7 +235,7 @@ def test_a_full_disk_counts_the_runs_it_drops_and_shipping_resumes_without_a_res
                 return [before, during, after]
 
             wait_for(lambda: check_schedule(config, export(pipeline, settled=False),
-                                            episode_windows(running_window(pipeline)), producers))
+                                            episode_windows(running_window(pipeline)), producers, events=False))
             # shipping resumed: every round since the disk has room again is in VM
             time.sleep(3)  # a few self-metrics after the episode: their counters are final
             pipeline.stop_agent()
@@ -247,7 +248,10 @@ def test_a_full_disk_counts_the_runs_it_drops_and_shipping_resumes_without_a_res
                     each.process.wait()
     exported = export(pipeline)
     ended = Window(0, 0, agent.ended, clean=True)
-    check_schedule(config, exported, episode_windows(ended), producers)
+    check_schedule(config, exported, episode_windows(ended), producers, events=False)
+    # one process: its start before the episode, its clean stop after it, each once
+    assert not check_events([s for s in exported if s["metric"]["__name__"] == "event_count"],
+                            [Window(agent.launched, agent.scheduling, agent.ended, clean=True)])
     # every run the disk could not take is counted, measurement for measurement
     missing = missing_in(config, exported, producers, full_from, full_until + 0.5)
     expected = sum(host_measurements_per_run(exported) if job == "host" else 1 for job in missing
