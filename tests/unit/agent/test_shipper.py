@@ -24,25 +24,9 @@ from agent.spool import Spool
 from core.measurement import Measurement
 from core.tls import fingerprint
 from lab.pki import make_pki
+from queue_helpers import Recording, RecordingMemoryQueue, RecordingSpool
 
 TOKEN = "s3cret-credential"
-
-
-class Recording:
-    """Mixed into a queue: records the acks and quarantines the shipper asks for."""
-
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.acked: list[tuple[int, int]] = []
-        self.refused: list[tuple[int, int, str]] = []
-
-    def ack(self, first: int, last: int) -> int:
-        self.acked.append((first, last))
-        return super().ack(first, last)
-
-    def quarantine(self, first: int, last: int, reason: str) -> int:
-        self.refused.append((first, last, reason))
-        return super().quarantine(first, last, reason)
 
 
 class StuckDisk(Recording):
@@ -55,14 +39,6 @@ class StuckDisk(Recording):
         if self.ack_calls <= self.failures:
             raise sqlite3.OperationalError("database or disk is full")
         return super().ack(first, last)
-
-
-class RecordingSpool(Recording, Spool):
-    pass
-
-
-class RecordingMemoryQueue(Recording, MemoryQueue):
-    pass
 
 
 class StuckSpool(StuckDisk, Spool):

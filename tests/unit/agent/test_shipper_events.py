@@ -14,51 +14,26 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.queue import MemoryQueue
 from agent.shipper import Shipper
 from agent.spool import Spool
 from collector_helpers import collector_client, credential, make_config
 from core.event import Event
 from core.measurement import Measurement
 from lab.victoria import Victoria, available
+from queue_helpers import RecordingMemoryQueue, RecordingSpool
 
 TOKEN = "s3cret-credential"
 IDENTITY = {"province": "ha-tinh", "commune": "dong-loc", "agent": "quay-01"}
-
-
-class Acks:
-    """Mixed into a queue: records the acks and quarantines the shipper asks for."""
-
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.acked: list[tuple[int, int]] = []
-        self.refused: list[tuple[int, int, str]] = []
-
-    def ack(self, first: int, last: int) -> int:
-        self.acked.append((first, last))
-        return super().ack(first, last)
-
-    def quarantine(self, first: int, last: int, reason: str) -> int:
-        self.refused.append((first, last, reason))
-        return super().quarantine(first, last, reason)
-
-
-class AckedSpool(Acks, Spool):
-    pass
-
-
-class AckedMemoryQueue(Acks, MemoryQueue):
-    pass
 
 
 @pytest.fixture(params=["spool", "memory"])
 def new_queue(request: pytest.FixtureRequest, tmp_path: Path):
     opened: list[Spool] = []
 
-    def make() -> AckedSpool | AckedMemoryQueue:
+    def make() -> RecordingSpool | RecordingMemoryQueue:
         if request.param == "memory":
-            return AckedMemoryQueue()
-        opened.append(AckedSpool(tmp_path / f"spool-{len(opened)}.db"))
+            return RecordingMemoryQueue()
+        opened.append(RecordingSpool(tmp_path / f"spool-{len(opened)}.db"))
         return opened[-1]
 
     yield make
@@ -180,7 +155,7 @@ async def _metric(client, name: str) -> float:
 
 
 async def test_the_real_collector_stores_the_events_once_after_a_503(vm: Victoria, tmp_path: Path) -> None:
-    queue = AckedSpool(tmp_path / "spool.db")
+    queue = RecordingSpool(tmp_path / "spool.db")
     try:
         now = int(time.time() * 1000)
         sent = records(now)
