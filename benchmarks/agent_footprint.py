@@ -13,7 +13,12 @@ Every `--sample` seconds (10) for `--minutes` (10), after one interval of warm-u
 max PSS, growth per hour (least-squares slope over the second half), CPU % of one core over the whole window;
 and as a check that both did the work: the agent's probe samples in VM, the exporters' probe successes.
 
-    .venv/bin/python -m benchmarks.agent_footprint [--minutes 10]
+    .venv/bin/python -m benchmarks.agent_footprint [--minutes 10] [--compare DIR]
+
+`--compare DIR` runs a second agent from the source tree DIR (e.g. a git worktree of the commit before a change)
+beside the first in the same lab, over the same window: same profile, its own spool, credential and agent id
+(COMPARE_ID), enrolled the same way, shipping to the same collector. Each agent row is labelled with its tree's
+commit, and the ratio of the medians (this tree / DIR) is reported.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ INTERVAL_S = 30.0
 CMON = str(Path(sys.executable).with_name("cmon"))
 # The agent's environment as the systemd unit sets it (cmon/service/systemd/commune-monitor-agent.service).
 AGENT_ENV = {"MALLOC_ARENA_MAX": "2"}
+COMPARE_ID = "quay-02"  # the agent id of the second agent (`--compare`)
 
 
 def blackbox_setup(pki: dict[str, str]) -> tuple[str, list[tuple[str, str]]]:
@@ -222,8 +228,22 @@ def start(lab: Lab, role: str, argv: list[str], log: Path, **kw: Any) -> subproc
         return lab.popen(role, argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
 
 
-def start_collector(lab: Lab, work: Path) -> None:
-    """Start VictoriaMetrics and the collector in dc; enroll the agent in the collector's state."""
+def commit_of(code: Path) -> str:
+    """Return the short commit of the source tree `code` (`git -C code log -1 --format=%h`; "?" if not a repo)."""
+    proc = subprocess.run(["git", "-C", str(code), "log", "-1", "--format=%h"], capture_output=True, text=True)
+    return proc.stdout.strip() or "?"
+
+
+def agent_argv(code: Path, config: Path) -> list[str]:
+    """Return the command running the agent of source tree `code`: `python -m cmon`, or before the `cmon`
+    package existed, `python -m agent.cli` (the old console script's module)."""
+    module = ["cmon"] if (code / "cmon" / "__main__.py").exists() else ["agent.cli"]
+    return [sys.executable, "-m", *module, "--log-level", "warning", "agent", "run", "-c", str(config)]
+
+
+def start_collector(lab: Lab, work: Path, agents: dict[str, Path]) -> None:
+    """Start VictoriaMetrics and the collector in dc; enroll each agent (id → its workdir, where its credential
+    goes) in the collector's state."""
     from agent.credentials import Credential, save
     from collector.auth import Auth
     from collector.db import connect
@@ -240,30 +260,32 @@ def start_collector(lab: Lab, work: Path) -> None:
     conn = connect(state / "collector.sqlite")
     try:
         auth = Auth(conn, "lab")
-        secret = auth.enroll(auth.create_token("lab-commune", 3600), "pc")[0]
+        secrets = {agent_id: auth.enroll(auth.create_token("lab-commune", 3600), agent_id)[0] for agent_id in agents}
     finally:
         conn.close()
     url = f"http://{COLLECTOR_ADDR}:{COLLECTOR_PORT}"
-    save(work / "credential.json", Credential(url, secret, "lab", "lab-commune", "pc"))
+    for agent_id, agent_work in agents.items():
+        save(agent_work / "credential.json", Credential(url, secrets[agent_id], "lab", "lab-commune", agent_id))
     in_ns(lab, "dc", "get", f"http://127.0.0.1:{VM_PORT}/health")
-    start(lab, "dc", [CMON, "collector", "run", "-c", str(work / "collector.yaml")], work / "collector.log",
+    # --log-level info: the collector logs every refused batch at info (counted in the results)
+    start(lab, "dc", [CMON, "--log-level", "info", "collector", "run", "-c", str(work / "collector.yaml")], work / "collector.log",
           cwd=REPO_ROOT)
     in_ns(lab, "pc", "get", f"{url}/health")
 
 
-def vm_probe_samples(lab: Lab) -> dict[str, Any]:
-    """Return the agent's probe_up samples in VM: total, up, and per (target, line) counts."""
+def vm_probe_samples(lab: Lab) -> dict[str, dict[str, Any]]:
+    """Return each agent's probe_up samples in VM (by agent id): total, up, and per (target, line) counts."""
     base = f"http://127.0.0.1:{VM_PORT}"
     in_ns(lab, "dc", "get", f"{base}/internal/force_flush")
     text = in_ns(lab, "dc", "get", f"{base}/api/v1/export", "--form", json.dumps({"match[]": "probe_up"}))
-    total = up = 0
-    per: dict[str, int] = {}
+    out: dict[str, dict[str, Any]] = {}
     for row in (json.loads(x) for x in text.splitlines() if x.strip()):
+        counts = out.setdefault(row["metric"].get("agent", "?"), {"total": 0, "up": 0, "per_series": {}})
         key = f"{row['metric'].get('target')}/{row['metric'].get('line')}"
-        per[key] = per.get(key, 0) + len(row["values"])
-        total += len(row["values"])
-        up += sum(1 for v in row["values"] if v == 1)
-    return {"total": total, "up": up, "per_series": per}
+        counts["per_series"][key] = counts["per_series"].get(key, 0) + len(row["values"])
+        counts["total"] += len(row["values"])
+        counts["up"] += sum(1 for v in row["values"] if v == 1)
+    return out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -273,17 +295,26 @@ def run(args: argparse.Namespace) -> None:
         work.mkdir()
         info = lab.province.info["ca"]
         pki = {"public": str(info["public"]), "province": str(info["province"])}
-        start_collector(lab, work)
-        agent_yaml = work / "agent.yaml"
-        agent_yaml.write_text(yaml.safe_dump(lab_profile(pki, work), allow_unicode=True, sort_keys=False))
+        code = Path(args.agent_code).resolve()
+        # label → (source tree, agent id, workdir); the first is the tree under test, the second the one compared.
+        agents_spec = {f"agent {commit_of(code)}": (code, "pc", work)}
+        if args.compare:
+            other = Path(args.compare).resolve()
+            (work / "compare").mkdir()
+            agents_spec[f"agent {commit_of(other)} (--compare)"] = (other, COMPARE_ID, work / "compare")
+        start_collector(lab, work, {agent_id: w for _, agent_id, w in agents_spec.values()})
+        agents: dict[str, subprocess.Popen] = {}
+        for label, (tree_dir, agent_id, agent_work) in agents_spec.items():
+            profile = lab_profile(pki, agent_work)
+            profile["agent"]["id"] = agent_id
+            agent_yaml = agent_work / "agent.yaml"
+            agent_yaml.write_text(yaml.safe_dump(profile, allow_unicode=True, sort_keys=False))
+            agents[label] = start(lab, "pc", agent_argv(tree_dir, agent_yaml), agent_work / "agent.log",
+                                  cwd=tree_dir, env=dict(os.environ, PYTHONPATH=str(tree_dir), **AGENT_ENV))
         bb_yaml, bb_probes = blackbox_setup(pki)
         (work / "blackbox.yml").write_text(bb_yaml)
         (work / "scrape.json").write_text(json.dumps(bb_probes))
 
-        code = Path(args.agent_code).resolve()
-        agent = start(lab, "pc", [sys.executable, "-m", "cmon", "--log-level", "warning", "agent", "run", "-c",
-                                  str(agent_yaml)], work / "agent.log", cwd=work,
-                      env=dict(os.environ, PYTHONPATH=str(code), **AGENT_ENV))
         node = start(lab, "pc", [NODE_EXPORTER_BIN, f"--web.listen-address=127.0.0.1:{NODE_PORT}"], work / "node.log")
         blackbox = start(lab, "pc", [BLACKBOX_BIN, f"--config.file={work / 'blackbox.yml'}",
                                      f"--web.listen-address=127.0.0.1:{BLACKBOX_PORT}"], work / "blackbox.log")
@@ -295,7 +326,8 @@ def run(args: argparse.Namespace) -> None:
 
         print(f"warming up {args.warmup:g} s (one interval: every probe module loaded, every target run)", flush=True)
         time.sleep(args.warmup)
-        groups = {"agent": [agent.pid], "node_exporter": [node.pid], "blackbox_exporter": [blackbox.pid]}
+        groups = {**{label: [p.pid] for label, p in agents.items()},
+                  "node_exporter": [node.pid], "blackbox_exporter": [blackbox.pid]}
         series: dict[str, list[tuple[float, ...]]] = {g: [] for g in groups}
         vm_before = vm_probe_samples(lab)
         t0 = time.monotonic()
@@ -303,7 +335,7 @@ def run(args: argparse.Namespace) -> None:
         while True:
             now = time.monotonic()
             for name, roots in groups.items():
-                if any(p.poll() is not None for p in (agent, node, blackbox)):
+                if any(p.poll() is not None for p in (*agents.values(), node, blackbox)):
                     raise LabError(f"a measured process exited; see logs in {work}")
                 series[name].append((now - t0, *sample(roots)))
             if now >= end:
@@ -315,33 +347,62 @@ def run(args: argparse.Namespace) -> None:
         scraper.send_signal(signal.SIGTERM)
         scraper.wait(15)
         scraped = json.loads((work / "scraped.json").read_text()) if (work / "scraped.json").exists() else {}
-        agent_log = (work / "agent.log").read_text(errors="replace")
+        logs = {label: (w / "agent.log").read_text(errors="replace") for label, (_, _, w) in agents_spec.items()}
+        collector_log = (work / "collector.log").read_text(errors="replace")
+        ids = {label: agent_id for label, (_, agent_id, _) in agents_spec.items()}
+        commands = {label: " ".join(agent_argv(tree_dir, Path())[1:3]) for label, (tree_dir, _, _) in agents_spec.items()}
         write_results("agent_footprint", "Agent footprint: the standard commune profile",
-                      report(args, series, vm_before, vm_after, scraped, len(bb_probes), agent_log))
+                      report(args, series, vm_before, vm_after, scraped, len(bb_probes), logs, ids, commands,
+                             collector_log))
 
 
 def report(args: argparse.Namespace, series: dict, vm_before: dict, vm_after: dict, scraped: dict,
-           bb_count: int, agent_log: str) -> str:
-    """Return the markdown results body."""
+           bb_count: int, logs: dict[str, str], ids: dict[str, str], commands: dict[str, str],
+           collector_log: str) -> str:
+    """Return the markdown results body (`logs`, `ids`, `commands`: each agent row's log, agent id, `-m` module)."""
     stats = {name: summarize(s) for name, s in series.items()}
     both = [(a[0], *(x + y for x, y in zip(a[1:], b[1:])))
             for a, b in zip(series["node_exporter"], series["blackbox_exporter"])]
     stats["node_exporter + blackbox_exporter"] = summarize(both)
-    goals = {"agent": "≤ 40 MB, ≤ 0.3 %, ≤ 1 MB/h"}
+    labels = list(logs)
+    goals = {label: "≤ 40 MB, ≤ 0.3 %, ≤ 1 MB/h" for label in labels}
     rows = [(name, fmt(s["median"], 1), fmt(s["max"], 1), fmt(s["growth"], 2), fmt(s["cpu_pct"], 3),
              fmt(s["uss"], 1), fmt(s["rss"], 1), goals.get(name, "")) for name, s in stats.items()]
     table = md_table(["process tree", "PSS median (MiB)", "PSS max (MiB)", "growth (MiB/h, 2nd half)",
                       "CPU (% of one core)", "USS median", "RSS median", "goal"], rows)
-    minutes = series["agent"][-1][0] / 60
-    samples = vm_after["total"] - vm_before["total"]
-    ups = vm_after["up"] - vm_before["up"]
-    series_count = len(vm_after["per_series"])
+    minutes = series[labels[0]][-1][0] / 60
+    ratio = ""
+    if len(labels) == 2:
+        a, b = (stats[label] for label in labels)
+        rows = [(f"{label} ({ids[label]})", fmt(stats[label]["median"], 1), fmt(stats[label]["cpu_pct"], 3),
+                 fmt(stats[label]["uss"], 1), fmt(stats[label]["rss"], 1)) for label in labels]
+        rows.append((f"ratio {labels[0].split()[1]} / {labels[1].split()[1]}", fmt(a["median"] / b["median"], 3),
+                     fmt(a["cpu_pct"] / b["cpu_pct"], 3), fmt(a["uss"] / b["uss"], 3), fmt(a["rss"] / b["rss"], 3)))
+        ratio = ("Both agents ran at once, side by side in pc over the same window (same profile, each its own "
+                 "spool, credential and agent id, both shipping to the same collector; the collector is this "
+                 "tree's). Both map the same interpreter and libraries, so their PSS is split alike (and lower "
+                 "than with one agent). Ratio: this tree / the `--compare` tree, of the medians (CPU: over the "
+                 "window):\n\n"
+                 + md_table(["agent", "PSS median (MiB)", "CPU (% of one core)", "USS median", "RSS median"], rows)
+                 + "\n")
+    refusals = [line for line in collector_log.splitlines() if "refused" in line]
+    work_lines = []
+    for label in labels:
+        before = vm_before.get(ids[label], {"total": 0, "up": 0})
+        after = vm_after.get(ids[label], {"total": 0, "up": 0, "per_series": {}})
+        errors = [line for line in logs[label].splitlines() if " ERROR " in line or "Traceback" in line]
+        warnings = [line for line in logs[label].splitlines() if " WARNING " in line]
+        work_lines.append(
+            f"- {label} (`python {commands[label]} agent run` as agent `{ids[label]}`, "
+            f"configs/commune-standard.yaml on the lab's names, shipping to the real collector → VictoriaMetrics in dc): {after['total'] - before['total']} `probe_up` samples reached VM "
+            f"({after['up'] - before['up']} up) in {len(after['per_series'])} series (target × line); host health "
+            f"and self-metrics every 30 s besides. Agent log errors: {len(errors)}, warnings: {len(warnings)}"
+            + (f" (first: `{warnings[0][:160]}`)." if warnings else "."))
     profile = yaml.safe_load(PROFILE.read_text(encoding="utf-8"))
     targets = sum(len(t) for t in profile["services"].values())
     scraped_line = (f"{scraped.get('probes', 0)} blackbox probes in {scraped.get('scrapes', 0)} scrape rounds "
                     f"({bb_count} per round), {scraped.get('probe_success', 0)} successful; failed by module: "
                     f"{scraped.get('failed') or 'none'}")
-    errors = [line for line in agent_log.splitlines() if " ERROR " in line or "Traceback" in line]
     return f"""Measured over {minutes:.1f} min after {args.warmup:g} s of warm-up, one sample every {args.sample:g} s:
 PSS summed over each process tree (`/proc/PID/smaps_rollup`), CPU = (utime + stime) over the window / wall time.
 MiB = 2^20 bytes (the goal's "MB" read as MiB). Growth: least-squares slope of the second half's samples.
@@ -352,10 +413,10 @@ private pages) and the RSS shown. The exporters are static Go binaries: their PS
 
 {table}
 
+{ratio}
 The work done in the window (both sides: the profile's {targets} targets over 2 lines every {INTERVAL_S:g} s):
-- agent (`cmon agent run`, configs/commune-standard.yaml on the lab's names, shipping to the real collector →
-  VictoriaMetrics in dc): {samples} `probe_up` samples reached VM ({ups} up) in {series_count} series
-  (target × line); host health and self-metrics every 30 s besides. Agent log errors: {len(errors)}.
+{chr(10).join(work_lines)}
+- collector log lines mentioning a refusal: {len(refusals)}{': ' + refusals[0][:200] if refusals else ''}.
 - exporters: node_exporter (default collectors) scraped every 30 s; {scraped_line}.
   blackbox cannot fill iOffice's login form (a GET of the same URL instead) nor pin HTTP to the backup line's
   source address (its HTTP runs go unpinned); icmp/tcp/dns use `source_ip_address` for the backup line.
@@ -376,6 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples (default 10)")
     parser.add_argument("--agent-code", default=str(REPO_ROOT),
                         help="run the agent from this source tree (e.g. a git worktree of an older commit)")
+    parser.add_argument("--compare", metavar="DIR",
+                        help="also run an agent from this source tree beside the first (agent id quay-02), same window")
     parser.add_argument("--warmup", type=float, default=INTERVAL_S + 5, help="seconds before the first sample")
     args = parser.parse_args(argv)
     if args.command == "scrape":
