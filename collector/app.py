@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 # aiohttp would otherwise inflate gzip bodies itself, before the handler could authenticate or cap them.
 RUNNER_KWARGS = {"auto_decompress": False}
 REGISTRY_FLUSH_S = 2.0
+# The latest results are served from memory; the file only matters after a restart (and the next batch of each
+# agent brings them back anyway), so they are written less often: during a backfill storm most of a province's
+# series change every few seconds.
+LATEST_FLUSH_S = 30.0
 EVENTS_PRUNE_S = 3600.0
 
 
@@ -106,10 +110,15 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _flush_forever(registry: Registry, latest: LatestResults, events: EventStore) -> None:
-    pruned_at = 0.0
+    pruned_at = latest_at = time.monotonic()
+    pruned_at -= EVENTS_PRUNE_S  # the first prune at the first tick
     while True:
         await asyncio.sleep(REGISTRY_FLUSH_S)
-        for what, flush in (("the fleet registry", registry.flush), ("the latest results", latest.flush)):
+        flushes = [("the fleet registry", registry.flush)]
+        if time.monotonic() - latest_at >= LATEST_FLUSH_S:
+            latest_at = time.monotonic()
+            flushes.append(("the latest results", latest.flush))
+        for what, flush in flushes:
             try:
                 flush()
             except Exception:  # noqa: BLE001 - retried at the next tick; the rows stay dirty

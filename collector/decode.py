@@ -69,7 +69,7 @@ class Ingest:
     agent: dict[str, Any]
     lost: list[tuple[int, int, str]] = field(default_factory=list)
     events: list[EventIn] = field(default_factory=list)
-    # (series key, time, result, detail) of each measurement that says why: the series' latest reason
+    # (series key, time, result, detail) of each series' last measurement in the batch: its latest reason
     results: list[tuple[tuple, int, str | None, str | None]] = field(default_factory=list)
 
     def body(self, ranges: list[tuple[int, int]]) -> tuple[bytes, int, int]:
@@ -135,8 +135,8 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
     if len(heads) > _CACHE_MAX:
         heads.clear()
     tags = b"\0".join([m.tags for m in items]).split(b"\0")  # JSON text holds no NUL byte
-    lines, series = [], set()
-    results: list[tuple[tuple, int, str | None, str | None]] = []
+    lines = []
+    final: dict[tuple, Any] = {}  # series key → its last measurement in the batch (whose reason is kept)
     for m, tag_text, text, stamp in zip(items, tags, texts, times):
         head = heads.get((m.name, tag_text))
         if head is None:
@@ -144,10 +144,11 @@ def decode_ingest(body: bytes, rules: Rules, identity: bytes, now_ms: int | None
                 head = heads[(m.name, tag_text)] = _head(m.name, tag_text, rules)
             except (PayloadError, msgspec.DecodeError, msgspec.ValidationError):
                 return _slow(body, rules, identity, now_ms)
-        series.add(head[1])
+        final[head[1]] = m
         lines.append(b"%s%s %s %d\n" % (head[0], identity, text, stamp))
-        if m.result is not None:
-            results.append((head[1], stamp, clean_text(m.result, MAX_RESULT), clean_text(m.detail, MAX_DETAIL)))
+    series = set(final)
+    results = [(key, m.time, clean_text(m.result, MAX_RESULT), clean_text(m.detail, MAX_DETAIL))
+               for key, m in final.items() if m.result is not None]
     if events:
         lines, counts = _with_events(first, [m.seq for m in items], lines, counts, events, identity, series)
     return Ingest(spool, first, last, lines, counts, series, payload.evicted, agent, payload.lost, events, results)
@@ -207,14 +208,14 @@ def _slow(body: bytes, rules: Rules, identity: bytes, now_ms: int | None) -> Ing
     """Validate with check_ingest (its message is the reason given); convert what it accepts."""
     batch = check_ingest(parse_json(body), rules, now_ms)
     lines, series = [], set()
-    results: list[tuple[tuple, int, str | None, str | None]] = []
+    final: dict[tuple, Any] = {}
     for p in batch.points:
         clean = tuple(sorted(p.tags.items()))
         series.add((p.name, *clean))
         lines.append(b"%s%s %s %d\n" % (lineproto.series_head(p.name, clean).encode(), identity, _fields(p.fields),
                                          p.time))
-        if p.result is not None:
-            results.append(((p.name, *clean), p.time, p.result, p.detail))
+        final[(p.name, *clean)] = p
+    results = [(key, p.time, p.result, p.detail) for key, p in final.items() if p.result is not None]
     counts = [len(p.fields) for p in batch.points]
     if batch.events:
         lines, counts = _with_events(batch.first, [p.seq for p in batch.points], lines, counts, batch.events,
