@@ -85,6 +85,21 @@ def _check_collector(located: LocatedYaml, file: str) -> str:
     return describe_collector(collector_config.from_yaml(located, Path(file).resolve().parent, check_files=True))
 
 
+def _check_directory(located: LocatedYaml, file: str) -> str:
+    from collector import directory
+
+    found = directory.from_yaml(located)
+    lines = sum(len(c.lines) for c in found.file.communes)
+    return (f"directory of province {found.province} ({found.file.name}): {len(found.file.communes)} communes, "
+            f"{lines} lines")
+
+
+def _directory_keys() -> frozenset[str]:
+    from collector import directory  # like the collector's: not imported by `cmon agent run`
+
+    return directory.TOP_LEVEL_KEYS
+
+
 def _collector_keys() -> frozenset[str]:
     from collector import config as collector_config  # not imported by `cmon agent run` (the agent's memory)
 
@@ -95,6 +110,7 @@ def _collector_keys() -> frozenset[str]:
 CONFIG_KINDS: tuple[ConfigKind, ...] = (
     ConfigKind("agent", agent_config.TOP_LEVEL_KEYS, ("agent", "services"), _check_agent),
     ConfigKind("collector", _collector_keys, ("province", "listen", "database"), _check_collector),
+    ConfigKind("directory", _directory_keys, ("province", "name", "communes"), _check_directory),
 )
 
 

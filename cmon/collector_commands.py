@@ -57,6 +57,10 @@ def token_create(path: str, commune: str, ttl: str | None = None) -> int:
     if config is None:
         return EXIT_USAGE
     ttl_s = config.token_ttl if ttl_s is None else ttl_s
+    unknown = _not_in_directory(config, commune)
+    if unknown:
+        print(f"cmon collector token create: {unknown}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         conn = connect(config.db_path())
         try:
@@ -74,6 +78,21 @@ def token_create(path: str, commune: str, ttl: str | None = None) -> int:
         note += f"\nCA fingerprint (cmon agent enroll --ca-fingerprint): {fingerprint(Path(config.listen.ca_file).read_bytes())}"
     print(note, file=sys.stderr)
     return EXIT_OK
+
+
+def _not_in_directory(config: "CollectorConfig", commune: str) -> str | None:
+    """Return why `commune` cannot be enrolled (not in the province directory, when there is one), or None."""
+    if not config.directory:
+        return None
+    from collector.directory import load_directory
+    from core.config.issues import suggest
+
+    directory = load_directory(config.directory)
+    if directory.commune(commune) is not None:
+        return None
+    hint = suggest(commune, directory.slugs())
+    return (f"commune {commune!r} is not in the province directory {config.directory}{hint}: add it there first "
+            "(a commune the directory does not list would never be told apart from one that stopped reporting)")
 
 
 def revoke(path: str, agent: str) -> int:

@@ -26,10 +26,12 @@ from aiohttp import web
 from . import routes
 from .acks import Acks
 from .admission import Admission, Enrollments
-from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY, SERIES, WRITER
+from .app_keys import (ACKS, ADMISSION, AUTH, CONFIG, DIRECTORY, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY,
+                       SERIES, WRITER)
 from .auth import Auth
 from .config import CollectorConfig
 from .db import SCHEMA_VERSION, connect, migrate
+from .directory import load_directory
 from .events import EventStore
 from .latest import LatestResults
 from .metrics import Metrics
@@ -57,6 +59,8 @@ def create_app(config: CollectorConfig) -> web.Application:
     """Return the collector application for `config`."""
     app = web.Application()
     app[CONFIG] = config
+    if config.directory:  # DirectoryError (every issue, file:line) when it is wrong: nothing is served
+        app[DIRECTORY] = load_directory(config.directory)
     app[METRICS] = Metrics()
     app[SERIES] = SeriesCap(config.limits.max_series_per_agent)
     app[ADMISSION] = Admission(config.limits.max_inflight, config.limits.admission_wait,

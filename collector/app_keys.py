@@ -8,6 +8,7 @@ from .acks import Acks
 from .admission import Admission, Enrollments
 from .auth import Auth
 from .config import CollectorConfig
+from .directory import Directory
 from .events import EventStore
 from .latest import LatestResults
 from .metrics import Metrics
@@ -16,6 +17,7 @@ from .validate import SeriesCap
 from .writer import Writer
 
 CONFIG = web.AppKey("config", CollectorConfig)
+DIRECTORY = web.AppKey("directory", Directory)  # set only when the config names one
 AUTH = web.AppKey("auth", Auth)
 ACKS = web.AppKey("acks", Acks)
 REGISTRY = web.AppKey("registry", Registry)

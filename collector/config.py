@@ -24,6 +24,8 @@ from core.config.loader import LocatedYaml, read_yaml
 from core.config.types import DAY, ByteSize, Duration, Slug, StrictModel, format_duration, parse_duration
 from core.config.validation import find_file, validate_model
 
+from .directory import DirectoryError, load_directory
+
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(h|d|w|y)\s*$")
 _SPAN_S = {"h": 3600, "d": 86_400, "w": 7 * 86_400, "y": 365 * 86_400}
 # VM's -retentionPeriod is at least 1d and at most 100y.
@@ -130,6 +132,7 @@ class CollectorConfig(StrictModel):
     province: Slug
     data_dir: str = "."  # SQLite state: credentials, fleet registry, acknowledged ranges, events
     event_retention: Span = 365 * 86_400.0  # agents' events older than this are deleted from the state file
+    directory: str | None = None  # the province directory (collector/directory.py): communes, lines, contacts
     listen: ListenSection
     database: DatabaseSection
     limits: LimitsSection = Field(default_factory=LimitsSection)
@@ -176,15 +179,35 @@ def from_yaml(located: LocatedYaml, base: Path | None = None, *, check_files: bo
     issues += invalid
     if check_files:
         issues += _missing_files(located, base)
+        if config is not None and not issues and config.directory:
+            issues += _directory_issues(located, config, base)
     if issues or config is None:
         raise CollectorConfigError(issues)
     return config if base is None else _resolved(config, base)
 
 
+def _directory_issues(located: LocatedYaml, config: CollectorConfig, base: Path | None) -> list[ConfigIssue]:
+    """Return the directory file's own issues (with its file and lines), and a province that differs."""
+    path, _ = find_file(str(config.directory), base)
+    try:
+        directory = load_directory(path)
+    except DirectoryError as exc:
+        return [located.issue(("directory",), f"{path} has {len(exc.issues)} error(s), listed below"), *exc.issues]
+    if directory.province != config.province:
+        return [located.issue(("directory",), f"{path} is the directory of province {directory.province!r}, not "
+                                              f"of {config.province!r}")]
+    return []
+
+
 def _missing_files(located: LocatedYaml, base: Path | None) -> list[ConfigIssue]:
-    """Return an issue for each listen.*_file that names no file (relative to `base`)."""
-    listen = located.data.get("listen")
+    """Return an issue for each listen.*_file (and the directory) that names no file (relative to `base`)."""
     issues = []
+    directory = located.data.get("directory")
+    if isinstance(directory, str) and directory:
+        problem = find_file(directory, base)[1]
+        if problem:
+            issues.append(located.issue(("directory",), problem))
+    listen = located.data.get("listen")
     for key in ("cert_file", "key_file", "ca_file"):
         value = listen.get(key) if isinstance(listen, dict) else None
         if not isinstance(value, str) or not value:
@@ -200,6 +223,7 @@ def _resolved(config: CollectorConfig, base: Path) -> CollectorConfig:
     listen = config.listen
     return config.model_copy(update={
         "data_dir": str(base / config.data_dir),
+        "directory": str(base / config.directory) if config.directory else None,
         "listen": listen.model_copy(update={
             "cert_file": str(base / listen.cert_file) if listen.cert_file else None,
             "key_file": str(base / listen.key_file) if listen.key_file else None,

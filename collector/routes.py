@@ -40,7 +40,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from core.wire import MAX_SEQ
 
 from .admission import AGENT_RETRY_AFTER_S, ENROLL_RETRY_AFTER_S
-from .app_keys import ACKS, ADMISSION, AUTH, CONFIG, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY, SERIES, WRITER
+from .app_keys import (ACKS, ADMISSION, AUTH, CONFIG, DIRECTORY, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY,
+                       SERIES, WRITER)
+from .communes import communes as commune_list
 from .auth import AuthError, Identity
 from .decode import decode_ingest, identity_suffix
 from .validate import PayloadError, Rules, check_enroll, check_heartbeat, parse_json
@@ -316,6 +318,16 @@ async def agents(request: web.Request) -> web.Response:
     return web.json_response({"agents": rows, "server_time_ms": _now_ms()})
 
 
+async def communes(request: web.Request) -> web.Response:
+    """GET /api/v1/communes: every commune of the directory and its state (`no_data` when never heard), then
+    those that report without being listed (views access)."""
+    refused = _views_refused(request, "the communes")
+    if refused is not None:
+        return refused
+    rows = commune_list(request.app.get(DIRECTORY), request.app[REGISTRY].agents(), _now_ms())
+    return web.json_response({"communes": rows, "server_time_ms": _now_ms()})
+
+
 async def events(request: web.Request) -> web.Response:
     """GET /api/v1/events?commune=&kind=&since_ms=&limit=: the agents' events, newest first (views access)."""
     refused = _views_refused(request, "the events")
@@ -382,6 +394,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/api/v1/enroll", enroll)
     app.router.add_get("/api/v1/agents", agents)
     app.router.add_get("/api/v1/events", events)
+    app.router.add_get("/api/v1/communes", communes)
     app.router.add_get("/api/v1/results", results)
     app.router.add_get("/api/v1/ca", ca)
     app.router.add_get("/metrics", metrics)

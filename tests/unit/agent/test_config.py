@@ -211,13 +211,16 @@ def _probes_used(path: Path) -> set[str]:
     return {t["probe"] for targets in data["services"].values() for t in targets}
 
 
-# Agent configs; collector-*.yaml are the collector's, validated by tests/unit/collector/test_collector_config.py.
-AGENT_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("collector"))
+# Agent configs; collector-*.yaml are the collector's, validated by tests/unit/collector/test_collector_config.py,
+# directory-*.yaml province directories, validated by tests/unit/collector/test_directory.py.
+AGENT_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("collector", "directory")))
 
 
 def test_every_config_file_is_checked_by_some_test() -> None:
     collector = {p.name for p in CONFIGS.glob("collector*.yaml")}
     assert collector == {"collector-example.yaml"}, "add new collector configs to test_collector_config.py"
+    directories = {p.name for p in CONFIGS.glob("directory*.yaml")}
+    assert directories == {"directory-example.yaml"}, "add new directories to tests/unit/collector/test_directory.py"
 
 
 @pytest.mark.parametrize("path", AGENT_CONFIGS, ids=lambda p: p.name)

@@ -192,7 +192,8 @@ def test_probe_the_lab_config_against_the_real_province(province, tmp_path: Path
     assert {r["tags"]["probe"] for r in results} == {"http", "tcp", "tls", "icmp", "smtp", "imap", "dns"}
 
 
-KNOWN_KINDS = ("an agent config has agent: and services:, a collector config province:, listen: and database:")
+KNOWN_KINDS = ("an agent config has agent: and services:, a collector config province:, listen: and database:, "
+               "a directory config province:, name: and communes:")
 
 
 def test_check_config_refuses_a_file_whose_keys_fit_no_kind_naming_every_kind(tmp_path: Path, capsys) -> None:
@@ -200,7 +201,7 @@ def test_check_config_refuses_a_file_whose_keys_fit_no_kind_naming_every_kind(tm
     path.write_text("# alert rules, a kind cmon does not know yet\nrules: []\nreceivers: {}\n", encoding="utf-8")
     assert run(capsys, "check-config", str(path)) == (2, "", (
         f"{path}:2: not a config file cmon knows: its top-level keys (rules:, receivers:) are none of a known "
-        f"kind's ({KNOWN_KINDS}); to check it as one anyway: --kind agent|collector\n"
+        f"kind's ({KNOWN_KINDS}); to check it as one anyway: --kind agent|collector|directory\n"
         f"{path}: 1 error\n"))
 
 
@@ -245,11 +246,11 @@ def test_a_new_kind_of_config_is_one_entry(tmp_path: Path, capsys, monkeypatch: 
     path.write_text("other: 1\n", encoding="utf-8")
     status, _, err = run(capsys, "check-config", str(path))
     assert status == 2 and (f"({KNOWN_KINDS}, an alert-rules config rules:); to check it as one anyway: "
-                            "--kind agent|collector|alert-rules") in err
+                            "--kind agent|collector|directory|alert-rules") in err
 
 
 def test_every_kind_is_told_by_keys_it_really_has() -> None:
     names = [kind.name for kind in cli.CONFIG_KINDS]
-    assert names == ["agent", "collector"] and len(set(names)) == len(names)
+    assert names == ["agent", "collector", "directory"] and len(set(names)) == len(names)
     for kind in cli.CONFIG_KINDS:
         assert set(kind.required) <= kind.keys

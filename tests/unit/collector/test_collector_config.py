@@ -52,7 +52,7 @@ def test_every_error_is_listed_with_its_path():
     assert [(i.file, i.line, i.path) for i in issues] == [
         ("<config>", 1, ("province",)), ("<config>", 1, ("database", "url")), ("<config>", 1, ("database", "retention")),
         ("<config>", 1, ("limits", "max_body")), ("<config>", 1, ())]
-    assert issues[-1].message == ("unknown key 'typo' (valid keys: data_dir, database, event_retention, limits, listen, province, "
+    assert issues[-1].message == ("unknown key 'typo' (valid keys: data_dir, database, directory, event_retention, limits, listen, province, "
                                   "token_ttl, views_token)")
 
 
@@ -130,8 +130,9 @@ def test_check_config_says_which_kind_it_checked_when_the_keys_do_not_tell(tmp_p
     path.write_text("province: ha-tinh\nservices: {}\n", encoding="utf-8")  # one collector key, one agent key
     assert cli.main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == (f"{path}:1: checked as an agent config: its top-level keys are as much a collector's (an agent "
-                      "config has agent: and services:, a collector config province:, listen: and database:)")
+    assert err[0] == (f"{path}:1: checked as an agent config: its top-level keys are as much a collector's or a "
+                      "directory's (an agent config has agent: and services:, a collector config province:, listen: "
+                      "and database:, a directory config province:, name: and communes:)")
     assert err[1:] == [f"{path}:1: missing required key 'agent'",
                        f"{path}:1: unknown key 'province' — did you mean 'services'?",
                        f"{path}:2: services: no services: add at least one service with its targets",
