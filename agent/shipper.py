@@ -18,6 +18,8 @@
 - Live data is sent in small batches, not one request per measurement: once woken by a new measurement the
   shipper lingers `linger` seconds (default 5 s, like Prometheus remote write's batch deadline) so the runs of
   those seconds share one request; `flush()` (a clean stop) ends the wait at once. The backlog is not delayed.
+- Each ingest request says whether its batch is live or backlog (`X-Cmon-Batch`): in a backfill storm the
+  collector sheds backlog first and keeps places for live data (collector.admission).
 - Requests go over whichever line works: the OS's default route (the dual-WAN router fails over); the shipper
   does not pin a line, so it follows the router without configuration.
 """
@@ -39,7 +41,7 @@ from typing import Any, Callable
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from core.wire import encode_heartbeat, encode_ingest
+from core.wire import BATCH_HEADER, encode_heartbeat, encode_ingest
 
 from .queue import Batch, OutboundQueue
 
@@ -213,7 +215,7 @@ class Shipper:
         evicted, lost = self.queue.pending_evictions(), self.queue.pending_lost()
         body = gzip.compress(encode_ingest(self.queue.spool_id, batch.first, batch.last, batch.items, evicted, lost,
                                            self.agent_info()), 6)
-        status, answer = await self._post("/api/v1/ingest", body)
+        status, answer = await self._post("/api/v1/ingest", body, {BATCH_HEADER: "live" if batch.live else "backlog"})
         if not batch.live:
             self.stats.backlog_bytes_total += len(body)
         if 200 <= status < 300:
@@ -291,12 +293,13 @@ class Shipper:
             return False
         return True
 
-    async def _post(self, path: str, body: bytes) -> tuple[int, Any]:
+    async def _post(self, path: str, body: bytes, extra: dict[str, str] | None = None) -> tuple[int, Any]:
         assert self._session is not None, "use `async with Shipper(...)`"
         headers = {
             "Authorization": f"Bearer {self.credential}",
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
+            **(extra or {}),
         }
         self.stats.requests_total += 1
         sent = time.time() * 1000

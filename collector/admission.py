@@ -13,6 +13,12 @@ A ticket holder that finds the cap full waits at most `wait_s` for a free place 
 Retry-After is whole seconds) before it is given a new ticket. A ticket whose holder does not come back within
 `GRACE_S` of its slot expires. Everything here runs on the event loop: no locks.
 
+**Live data first.** A request whose batch is live (the agent says so: `X-Cmon-Batch: live`, core.wire) skips
+the virtual queue and has `live_reserve` places of its own beyond `cap` (a quarter of it, at least one) that the
+backlog never takes: in a backfill storm the live batches, which feed the alerts, are still served at once.
+When even those are taken it is told to come back in a second (no ticket: it is not part of the backlog's
+round). An agent that calls its backlog live gains only that small lane, and its own `per_agent` limit holds.
+
 Before all that, `claim(key)` bounds what ONE credential may have in the collector at once (`per_agent`
 requests, counted from authentication to the answer, heartbeats included): without it a single credential
 could take every place with uploads that send their headers and then one byte a minute. Past it the request is
@@ -53,6 +59,7 @@ class Admission:
     def __init__(self, cap: int, wait_s: float = 0.05, clock: Callable[[], float] = time.monotonic,
                  per_agent: int = 4) -> None:
         self.cap = cap
+        self.live_reserve = max(1, cap // 4)  # places only live batches may take, beyond `cap`
         self.wait_s = wait_s
         self.per_agent = per_agent
         self.by_agent: dict[str, int] = {}  # credential key → its requests in the collector now
@@ -82,8 +89,15 @@ class Admission:
         if count > 0:
             self.by_agent[key] = count
 
-    async def enter(self, key: str) -> int | None:
-        """Admit the request of agent `key` (None) or return the Retry-After (s) it must wait before resending."""
+    async def enter(self, key: str, live: bool = False) -> int | None:
+        """Admit the request of agent `key` (None) or return the Retry-After (s) it must wait before resending.
+
+        A `live` batch skips the queue and may use the live places beyond `cap` (see the module docstring)."""
+        if live:
+            if self.inflight < self.cap + self.live_reserve:
+                self.inflight += 1
+                return None
+            return 1
         now = self.clock()
         self._expire(now)
         holder = self.tickets.pop(key, None) is not None
@@ -99,7 +113,7 @@ class Admission:
     def leave(self, seconds: float) -> None:
         """Release an admitted request's place; `seconds` is how long it was inside (the capacity estimate)."""
         self.service_s += ALPHA * (seconds - self.service_s)
-        while self.waiters:  # hand the place straight to the oldest waiter still waiting
+        while self.waiters and self.inflight <= self.cap:  # a live place freed is not the backlog's to take  # hand the place straight to the oldest waiter still waiting
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(True)

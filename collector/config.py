@@ -192,7 +192,8 @@ def _directory_issues(located: LocatedYaml, config: CollectorConfig, base: Path 
     try:
         directory = load_directory(path)
     except DirectoryError as exc:
-        return [located.issue(("directory",), f"{path} has {len(exc.issues)} error(s), listed below"), *exc.issues]
+        return [located.issue(("directory",), f"{path} has {len(exc.issues)} error(s), listed after this one"),
+                *exc.issues]
     if directory.province != config.province:
         return [located.issue(("directory",), f"{path} is the directory of province {directory.province!r}, not "
                                               f"of {config.province!r}")]

@@ -42,14 +42,25 @@ def _nfc(value: str) -> str:
     return text
 
 
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
 def _network(value: Any) -> Network:
     try:
-        return ipaddress.ip_network(str(value).strip(), strict=False)
+        net = ipaddress.ip_network(str(value).strip(), strict=False)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address or prefix (e.g. 203.0.113.7 or 203.0.113.0/29)") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        # `::ffff:203.0.113.10` is the IPv4 address as a dual-stack socket shows it: keep it as IPv4
+        return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
 
 
 def _code(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(value)) not in (2, 5):
+        # YAML reads `code: 00001` as the number 1: the leading zeros are gone before we see it
+        raise ValueError(f"{value!r} is not an administrative code: write it in quotes (code: \"00001\"), or YAML "
+                         "drops its leading zeros")
     text = str(value).strip()
     if not _CODE.match(text):
         raise ValueError(f"{value!r} is not an administrative code (5 digits, e.g. 18073)")

@@ -37,7 +37,7 @@ from aiohttp import ClientError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from core.wire import MAX_SEQ
+from core.wire import BATCH_HEADER, MAX_SEQ
 
 from .admission import AGENT_RETRY_AFTER_S, ENROLL_RETRY_AFTER_S
 from .app_keys import (ACKS, ADMISSION, AUTH, CONFIG, DIRECTORY, ENROLLMENTS, EVENTS, LATEST, METRICS, REGISTRY,
@@ -145,7 +145,7 @@ async def _admitted(request: web.Request, who: Identity) -> web.Response:
     app = request.app
     deadline = _deadline(request)
     admission = app[ADMISSION]
-    retry = await admission.enter(who.key)
+    retry = await admission.enter(who.key, live=request.headers.get(BATCH_HEADER) == "live")
     if retry is not None:  # overloaded: the body stays unread (aiohttp drains it, keeping the connection)
         app[METRICS].shed_total.inc()
         return error(503, f"the collector is busy: resend in {retry} s", **{"Retry-After": str(retry)})

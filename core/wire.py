@@ -39,6 +39,9 @@ MAX_ATTRIBUTES, MAX_ATTRIBUTE_TEXT = 32, 500  # an event's attributes, and chara
 MAX_DETAIL = 500  # characters of a measurement's `detail` the collector keeps (longer ones are cut)
 MAX_RESULT = 40  # characters of a measurement's `result` the collector keeps
 
+# Ingest requests say whether their batch is `live` (the last minutes) or `backlog`: the collector sheds the
+# backlog first (collector.admission), so live data still arrives in a backfill storm.
+BATCH_HEADER = "X-Cmon-Batch"
 Record = Union[Measurement, Event]  # what a spool holds and a batch carries: one seq each
 FieldsT = TypeVar("FieldsT")
 TagsT = TypeVar("TagsT")
@@ -133,7 +136,7 @@ def record_from_dict(data: dict[str, Any]) -> Record:
     return Event.from_dict(data) if "kind" in data else Measurement.from_dict(data)
 
 
-__all__ = ["FIELD_NAME", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_TEXT", "MAX_DEPTH", "MAX_DETAIL", "MAX_EVENT_TEXT",
+__all__ = ["BATCH_HEADER", "FIELD_NAME", "MAX_ATTRIBUTES", "MAX_ATTRIBUTE_TEXT", "MAX_DEPTH", "MAX_DETAIL", "MAX_EVENT_TEXT",
            "MAX_FIELDS", "MAX_RANGES", "MAX_REASON", "MAX_RESULT", "MAX_SEQ", "MAX_TASKS", "MAX_TASK_ERROR",
            "MAX_TEXT", "MAX_VALUE", "SPOOL_ID", "WIRE_VERSION", "HeartbeatPayload", "IngestPayload", "Record",
            "WireEvent", "WireMeasurement", "encode_heartbeat", "encode_ingest", "record_from_dict", "to_wire"]

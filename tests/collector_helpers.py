@@ -87,9 +87,11 @@ def body(data: Any, compress: bool = True) -> tuple[bytes, dict]:
     return raw, headers
 
 
-async def post(client: TestClient, cred: str | None, data: Any, path: str = "/api/v1/ingest", compress: bool = True):
-    """POST a payload; return (status, JSON answer, headers)."""
-    raw, headers = body(data, compress)
+async def post(client: TestClient, cred: str | None, data: Any, path: str = "/api/v1/ingest", compress: bool = True,
+               headers: dict[str, str] | None = None):
+    """POST a payload (with extra `headers`); return (status, JSON answer, headers)."""
+    raw, sent = body(data, compress)
+    headers = {**sent, **(headers or {})}
     if cred:
         headers["Authorization"] = f"Bearer {cred}"
     async with client.post(path, data=raw, headers=headers) as response:

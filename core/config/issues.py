@@ -30,11 +30,13 @@ class ConfigIssue:
 
 
 class ConfigError(Exception):
-    """The config is invalid; `issues` holds every problem found, sorted by line."""
+    """The config is invalid; `issues` holds every problem found, sorted by line (the files in the order they
+    first appear: a config's issue about a file it names comes before that file's own issues)."""
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:
         unique = {(i.file, i.line, i.path, i.message): i for i in issues}
-        self.issues = sorted(unique.values(), key=lambda i: (i.file, i.line))
+        files = {file: n for n, file in enumerate(dict.fromkeys(i.file for i in unique.values()))}
+        self.issues = sorted(unique.values(), key=lambda i: (files[i.file], i.line))
         super().__init__("\n".join(str(i) for i in self.issues))
 
 

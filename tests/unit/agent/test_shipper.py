@@ -93,6 +93,7 @@ class Collector:
         self.batches: list[dict] = []
         self.requests: list[tuple[float, int]] = []  # (monotonic, status)
         self.heartbeats: list[dict] = []
+        self.kinds: list[str | None] = []  # each ingest request's X-Cmon-Batch
         self.decide: Callable[[dict], tuple[int, dict, dict]] = lambda payload: (200, {}, {})
 
     def app(self) -> web.Application:
@@ -114,6 +115,7 @@ class Collector:
             self.requests.append((time.monotonic(), 401))
             return web.json_response({"error": "bad credential"}, status=401, headers=self._headers({}))
         payload = await self._payload(request)
+        self.kinds.append(request.headers.get("X-Cmon-Batch"))
         status, body, headers = self.decide(payload)
         self.requests.append((time.monotonic(), status))
         if status == 200:
@@ -183,6 +185,16 @@ async def test_ok_acks_every_batch_once_in_order(collector: Collector, make_queu
     assert (first["version"], first["spool"], first["first"], first["last"]) == (1, spool.spool_id, 1, 10)
     assert first["measurements"][0] == {"seq": 1, **measurements(1)[0].to_dict(), "time": first["measurements"][0]["time"]}
     assert shipper.stats.shipped_total == 25
+
+
+async def test_each_request_says_whether_its_batch_is_live_or_backlog(collector: Collector) -> None:
+    for live_age_s in (120.0, 0.0):  # appended just now: live; with no live window everything is backlog
+        queue = MemoryQueue(live_age_s=live_age_s)
+        queue.append(measurements(3))
+        async with shipper_for(queue, collector.url) as shipper:
+            await drain(shipper, queue)
+        assert queue.depth() == 0
+    assert collector.kinds == ["live", "backlog"]  # the collector sheds the backlog first
 
 
 async def test_400_quarantines_the_batch_and_moves_on(collector: Collector, make_queue: QueueFactory) -> None:

@@ -76,6 +76,27 @@ async def test_tickets_of_agents_that_never_return_expire():
     assert await gate.enter("new") is None and gate.waiting == 0
 
 
+async def test_live_batches_skip_the_queue_and_have_places_the_backlog_never_takes():
+    clock = Clock()
+    gate = Admission(4, wait_s=5.0, clock=clock)
+    assert gate.live_reserve == 1
+    assert [await gate.enter(f"b{i}") for i in range(4)] == [None] * 4  # the backlog fills the cap
+    waiting = asyncio.create_task(gate.enter("b4"))  # a backlog batch waiting for a place
+    await asyncio.sleep(0.01)
+    assert await gate.enter("live-1", live=True) is None  # the live place beyond the cap
+    assert gate.inflight == 5
+    assert await gate.enter("live-2", live=True) == 1  # even that is taken: come back in a second ...
+    assert gate.waiting == 0  # ... without a ticket in the backlog's round
+    gate.leave(0.01)  # a live batch done: its place is not handed to the waiting backlog
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and gate.inflight == 4
+    gate.leave(0.01)  # a backlog batch done: the waiting one takes its place
+    assert await waiting is None and gate.inflight == 4
+    shed = await gate.enter("b5")
+    assert isinstance(shed, int) and gate.waiting == 1  # the backlog is queued ...
+    assert await gate.enter("live-3", live=True) is None  # ... live data passes it
+
+
 async def test_over_the_cap_is_503_with_retry_after_before_the_body_is_read(tmp_path, monkeypatch):
     import collector.routes as routes
 
@@ -100,6 +121,10 @@ async def test_over_the_cap_is_503_with_retry_after_before_the_body_is_read(tmp_
         assert "cmon_collector_shed_total 1" in text and "cmon_collector_ingest_inflight 1" in text
         status, _, _ = await post(client, "cmc.bad.credential", payload(1, 5))
         assert status == 401  # authentication still comes first
+        live_cred = credential(client, agent="shed-02")
+        status, answer, _ = await post(client, live_cred, payload(1, 5), headers={"X-Cmon-Batch": "live"})
+        assert status == 503 and "database" in answer["error"]  # past the gate: it is the (absent) database that fails
+        assert app[METRICS].shed == 1 and len(reads) == 1
 
 
 @needs_vm

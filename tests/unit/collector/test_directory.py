@@ -211,9 +211,6 @@ def test_names_are_nfc_normalised(tmp_path: Path) -> None:
     assert directory.commune("dong-loc").lines[0].egress == []  # no egress: the line is never named by address
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unquoted code with leading zeros (every commune of Hà Nội: "
-                   "00001, 00004 ...) is read by YAML as an octal int and refused as '1 is not an administrative code' "
-                   "(00008 and 00009, not octal, pass as text): neither accepted nor told to be quoted")
 def test_an_unquoted_code_with_leading_zeros(tmp_path: Path) -> None:
     path = tmp_path / "directory.yaml"
     path.write_text("province: ha-noi\nname: Hà Nội\ncommunes:\n  - slug: phuc-xa\n    name: Phường Phúc Xá\n"
@@ -224,9 +221,6 @@ def test_an_unquoted_code_with_leading_zeros(tmp_path: Path) -> None:
         assert "00001" in str(exc) and "quote" in str(exc)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an egress written IPv4-mapped ('::ffff:203.0.113.10') is kept as an IPv6 "
-                   "network while line_of turns every mapped address into IPv4 first: it never names its line, and "
-                   "the same address given plainly to another line of the commune is not reported as used twice")
 def test_an_egress_written_ipv4_mapped(tmp_path: Path) -> None:
     path = tmp_path / "directory.yaml"
     path.write_text("province: ha-tinh\nname: Hà Tĩnh\ncommunes:\n  - slug: dong-loc\n    name: Xã Đồng Lộc\n"
@@ -283,7 +277,7 @@ def _bad_directory_issues(tmp_path: Path) -> tuple[str, list[str]]:
     (tmp_path / "directory.yaml").write_text(BAD, encoding="utf-8")
     with pytest.raises(DirectoryError) as own:
         load_directory(tmp_path / "directory.yaml")
-    head = f"collector.yaml:5: directory: {tmp_path}/directory.yaml has {len(own.value.issues)} error(s), listed below"
+    head = f"collector.yaml:5: directory: {tmp_path}/directory.yaml has {len(own.value.issues)} error(s), listed after this one"
     return head, [str(issue) for issue in own.value.issues]
 
 
@@ -299,10 +293,6 @@ def test_a_directory_with_errors_lists_them_with_its_own_file_and_lines(tmp_path
     assert [i for i in listed if i.startswith(str(tmp_path))] == own  # in the directory's order
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: CollectorConfigError (core.config.issues.ConfigError) sorts issues by "
-                   "(file, line), so the collector's 'directory: ... has N error(s), listed below' issue is put "
-                   "after the directory's own issues whenever the directory's path sorts first (always when the "
-                   "config is given relative, since the directory's path is absolute: '/' < 'c')")
 def test_the_directory_issue_comes_before_the_directorys_own(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     head, own = _bad_directory_issues(tmp_path)
