@@ -42,7 +42,7 @@ def _nfc(value: str) -> str:
     return text
 
 
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def _network(value: Any) -> Network:
