@@ -23,17 +23,29 @@ older commit; `PYTHONPATH` and cwd = DIR, its own `python -m` entry point), in a
 DIR, this tree: `--rounds` each), for each `--max-inflight` setting (e.g. `default,4096`: the collector's own cap,
 and one above the agent count, i.e. no shedding), every phase with the same pre-generated bodies and a fresh VM
 and state file (enrolled by the tree's own code); the medians per tree and their ratio are reported.
+
+`--live N` (not with --compare) adds, during the collector phase's storm, N more enrolled agents posting a small
+live batch (`--live-size` measurements with current timestamps, the next seqs of their spool) every
+`--live-interval` s with `X-Cmon-Batch: live`, N "unmarked" agents doing the same without the header (the
+collector takes them for backlog), and one heartbeat per live agent every 2 s — from a process of their own
+(its own event loop: the storm's 2000 connections do not delay it), each agent over its own connection pool
+(2, as the shipper's). Per request the time from its first send to the accepted answer, 503/429 resends after
+Retry-After (plus the shipper's jitter) included. Written to results/collector_ingest_live.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import hashlib
+import importlib
 import json
+import multiprocessing
 import os
 import pickle
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -43,14 +55,17 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+import aiohttp
 import yaml
 
+from core.wire import BATCH_HEADER, encode_heartbeat
 from lab import fleet
 from lab.pki import make_pki
 from lab.victoria import Victoria, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "collector_ingest.md"
+RESULTS_LIVE = RESULTS.with_name("collector_ingest_live.md")
 PROVINCE = "ha-tinh"
 CACHE = Path(tempfile.gettempdir()) / "cmon-fleet-bodies"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -146,6 +161,196 @@ def start_collector(config: Path, url: str, log: Path, ssl_context: object, prof
     raise RuntimeError("the collector did not start")
 
 
+LIVE_HARD_S = 60.0  # a request first sent before the storm ended is given up this long after it (resends included)
+
+
+class LiveTraffic:
+    """Live-marked and unmarked agents (and the live ones' heartbeats) in a process of their own, during a storm.
+
+    `with LiveTraffic(...) as live:` starts the process and waits for its TLS handshakes; `live.go()` starts
+    the clock (the storm's start), `live.finish()` stops new sends (the storm's end), waits for the requests
+    under way and returns their records: (kind, first send s after go, latency s, final status, 503s, 429s,
+    problem or "").
+    """
+
+    def __init__(self, url: str, ca_file: str | None, marked: list[fleet.SimAgent], unmarked: list[fleet.SimAgent],
+                 *, interval_s: float, heartbeat_s: float, size: int, max_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ready, self.start, self.stop = ctx.Event(), ctx.Event(), ctx.Event()
+        self.out = ctx.Queue()
+        target = importlib.import_module("benchmarks.collector_ingest")._live_main  # importable in the child
+        self.process = ctx.Process(target=target, daemon=True, args=(
+            url, ca_file, [(a.province, a.commune, a.agent, a.credential, a.spool) for a in marked],
+            [(a.province, a.commune, a.agent, a.credential, a.spool) for a in unmarked],
+            interval_s, heartbeat_s, size, max_s, self.ready, self.start, self.stop, self.out))
+
+    def __enter__(self) -> LiveTraffic:
+        self.process.start()
+        if not self.ready.wait(120):
+            self.__exit__()
+            raise RuntimeError("the live agents did not get ready (TLS handshakes) within 120 s")
+        return self
+
+    def go(self) -> None:
+        """Start sending (the storm's clock started)."""
+        self.start.set()
+
+    def finish(self) -> list[tuple]:
+        """Stop new sends; return the records once the requests under way are answered (bounded)."""
+        self.stop.set()
+        records = self.out.get(timeout=LIVE_HARD_S + 60)
+        self.process.join(30)
+        return records
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.start.set()  # a child still waiting for the start must not wait for ever
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _live_main(url: str, ca_file: str | None, marked: list[tuple], unmarked: list[tuple], interval_s: float,
+               heartbeat_s: float, size: int, max_s: float, ready, start, stop, out) -> None:
+    """The live agents' process: run them, put their records on `out`."""
+    records = asyncio.run(_live(url, ca_file, [fleet.SimAgent(*a) for a in marked],
+                                [fleet.SimAgent(*a) for a in unmarked], interval_s, heartbeat_s, size, max_s,
+                                ready, start, stop))
+    out.put(records)
+
+
+async def _live(url: str, ca_file: str | None, marked: list[fleet.SimAgent], unmarked: list[fleet.SimAgent],
+                interval_s: float, heartbeat_s: float, size: int, max_s: float, ready, start, stop) -> list[tuple]:
+    ssl_context = fleet.client_ssl(ca_file) if ca_file else False
+    agents = [("live", a) for a in marked] + [("unmarked", a) for a in unmarked]
+    timeout = aiohttp.ClientTimeout(total=30)
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2, ssl=ssl_context), timeout=timeout)
+                for _ in agents]
+    records: list[tuple] = []
+    try:
+        for session in sessions:  # both connections of each pool, before the clock starts
+            async def warm(s: aiohttp.ClientSession = session) -> None:
+                async with s.get(url + "/health") as response:
+                    await response.read()
+            await asyncio.gather(warm(), warm())
+        ready.set()
+        while not start.is_set():
+            await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        stop_at = t0 + max_s
+
+        def stopped() -> bool:
+            return stop.is_set() or time.perf_counter() > stop_at
+
+        async def post(kind: str, session: aiohttp.ClientSession, path: str, body: bytes, headers: dict,
+                       check) -> None:
+            first = time.perf_counter()
+            give_up = first + LIVE_HARD_S
+            n503 = n429 = 0
+            for _ in range(1000):
+                try:
+                    async with session.post(url + path, data=body, headers=headers) as response:
+                        answer = await response.read()
+                        status, retry_after = response.status, response.headers.get("Retry-After")
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    records.append((kind, first - t0, time.perf_counter() - first, 0, n503, n429,
+                                    type(exc).__name__))
+                    return
+                if status in (429, 503):
+                    n503 += status == 503
+                    n429 += status == 429
+                    wait = float(retry_after) if retry_after and retry_after.isdigit() else 1.0
+                    wait += random.uniform(0, min(5.0, wait * 0.1))  # agent/shipper.py's jitter
+                    if time.perf_counter() + wait > give_up:
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+                problem = "" if status == 200 else f"http {status}: {answer[:200]!r}"
+                if not problem:
+                    problem = check(json.loads(answer))
+                records.append((kind, first - t0, time.perf_counter() - first, status, n503, n429, problem))
+                return
+            records.append((kind, first - t0, time.perf_counter() - first, 0, n503, n429, "gave up (resends)"))
+
+        async def batches(kind: str, agent: fleet.SimAgent, session: aiohttp.ClientSession, index: int) -> None:
+            rng = random.Random(index)
+            headers = {"Authorization": f"Bearer {agent.credential}", "Content-Type": "application/json",
+                       "Content-Encoding": "gzip"} | ({BATCH_HEADER: "live"} if kind == "live" else {})
+            seq = 1
+            next_t = t0 + rng.uniform(0, interval_s)  # the agents' phases spread over the interval
+            while True:
+                await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
+                if stopped():
+                    return
+                body, n = fleet.live_body(agent, seq, size, int(time.time() * 1000), rng)
+                first, last = seq, seq + n - 1
+
+                def check(answer: dict, first: int = first, last: int = last, n: int = n) -> str:
+                    if answer.get("acked") != [first, last] or answer.get("written") != n or answer.get("duplicate"):
+                        return f"unexpected answer {answer}"
+                    return ""
+                before = len(records)
+                await post(kind, session, "/api/v1/ingest", body, headers, check)
+                if records[before][3] != 200 or records[before][6]:
+                    return  # not accepted: this agent's next seqs would leave a gap — it stops (counted)
+                seq += n
+                next_t = max(next_t + interval_s, time.perf_counter())  # behind: the next one at once
+
+        async def heartbeats(agent: fleet.SimAgent, session: aiohttp.ClientSession, index: int) -> None:
+            headers = {"Authorization": f"Bearer {agent.credential}", "Content-Type": "application/json",
+                       "Content-Encoding": "gzip"}
+            body = gzip.compress(encode_heartbeat("running", {"version": "0.1.0", "health": "ok"}))
+            next_t = t0 + random.Random(-index).uniform(0, heartbeat_s)
+            while True:
+                await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
+                if stopped():
+                    return
+                await post("heartbeat", session, "/api/v1/heartbeat", body, headers,
+                           lambda answer: "" if "server_time_ms" in answer else f"unexpected answer {answer}")
+                next_t = max(next_t + heartbeat_s, time.perf_counter())
+
+        await asyncio.gather(*(batches(kind, a, s, i) for i, ((kind, a), s) in enumerate(zip(agents, sessions))),
+                             *(heartbeats(a, s, i) for i, ((kind, a), s) in enumerate(zip(agents, sessions))
+                               if kind == "live"))
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions))
+    return records
+
+
+def live_figures(records: list[tuple]) -> dict[str, dict]:
+    """Return per kind (live, unmarked, heartbeat): counts, accepted latency percentiles, 503s, problems."""
+    out = {}
+    for kind in ("live", "unmarked", "heartbeat"):
+        rows = [r for r in records if r[0] == kind]
+        ok = [r[2] for r in rows if r[3] == 200 and not r[6]]
+        problems: dict[str, int] = {}
+        for r in rows:
+            if r[3] != 200 or r[6]:
+                problems[r[6][:60] or f"http {r[3]}"] = problems.get(r[6][:60] or f"http {r[3]}", 0) + 1
+        out[kind] = {"count": len(rows), "accepted": len(ok),
+                     "p50_ms": fleet.percentile(ok, 50) * 1000, "p95_ms": fleet.percentile(ok, 95) * 1000,
+                     "p99_ms": fleet.percentile(ok, 99) * 1000, "max_ms": max(ok, default=float("nan")) * 1000,
+                     "503": sum(r[4] for r in rows), "503_requests": sum(1 for r in rows if r[4]),
+                     "429": sum(r[5] for r in rows), "problems": problems,
+                     "span_s": (max((r[1] for r in rows), default=0) - min((r[1] for r in rows), default=0))}
+    return out
+
+
+def live_table(figures: dict[str, dict]) -> str:
+    """Return the live table (markdown)."""
+    names = {"live": "live-marked batches (`X-Cmon-Batch: live`)", "unmarked": "unmarked batches (no header)",
+             "heartbeat": "heartbeats (`POST /api/v1/heartbeat`)"}
+    rows = ["| requests | count | accepted | p50 ms | p95 ms | p99 ms | max ms | 503s (requests with one) | 429s | "
+            "not accepted |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for kind, f in figures.items():
+        rows.append(f"| {names[kind]} | {f['count']} | {f['accepted']} | {f['p50_ms']:.0f} | {f['p95_ms']:.0f} | "
+                    f"{f['p99_ms']:.0f} | {f['max_ms']:.0f} | {f['503']} ({f['503_requests']}) | {f['429']} | "
+                    f"{', '.join(f'{k}: {v}' for k, v in f['problems'].items()) or '0'} |")
+    return "\n".join(rows)
+
+
 def _child(pid: int) -> int:
     """Return the first child of pid (the collector under py-spy)."""
     return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
@@ -165,16 +370,23 @@ def shed_total(url: str, ssl_context: object) -> int | None:
 
 
 def run_phase(name: str, url: str, plan: list, pids: dict[str, int], vm: Victoria, *, ssl_context=None,
-              warm_path: str | None, deadline_s: float, metrics_url: str | None = None) -> dict:
-    """Run one storm; return its figures (rates, latency, errors, CPU per process)."""
+              warm_path: str | None, deadline_s: float, metrics_url: str | None = None,
+              live: LiveTraffic | None = None) -> dict:
+    """Run one storm (with `live` traffic beside it); return its figures (rates, latency, errors, CPU per
+    process, and the live traffic's under "live")."""
     rows0 = vm.rows_inserted()
     cpu0: dict[str, float] = {}
+    if live is not None:
+        pids = pids | {"live simulator": live.process.pid or 0}
 
     def start() -> None:  # after the TLS handshakes of the warm-up
         cpu0.update({k: cpu_s(p) for k, p in pids.items()} | {"simulator": cpu_s()})
+        if live is not None:
+            live.go()
     result = asyncio.run(fleet.storm(url, plan, ssl_context=ssl_context, deadline_s=deadline_s, warm_path=warm_path,
                                      on_start=start))
     cpu1 = {k: cpu_s(p) for k, p in pids.items()} | {"simulator": cpu_s()}
+    live_records = live.finish() if live is not None else None
     rows = vm.rows_inserted() - rows0
     # Rates over the drain time (first request → last batch accepted): the Retry-After sleeps after it do not count.
     seconds = result.drained_s if result.last_ok else result.seconds
@@ -196,6 +408,10 @@ def run_phase(name: str, url: str, plan: list, pids: dict[str, int], vm: Victori
         == expected_batches, "retry_wait_s": result.retry_wait_s,
         "shed_metric": shed_total(metrics_url, ssl_context) if metrics_url else None,
     }
+    if live_records is not None:
+        live_figs = live_figures(live_records)
+        figures |= {"live": live_figs, "live_records": live_records}
+        print(live_table(live_figs), flush=True)
     print(f"{name}: {figures['lines_per_s']:,.0f} lines/s, {figures['samples_per_s']:,.0f} samples/s, "
           f"accepted p50 {figures['ok_p50_ms']:.0f} ms p99 {figures['ok_p99_ms']:.0f} ms, all p99 "
           f"{figures['p99_ms']:.0f} ms, {statuses}, shed metric {figures['shed_metric']}, {result.errors}, "
@@ -313,7 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-direct", action="store_true", help="only the collector phase")
     parser.add_argument("--profile", metavar="FILE", help="run the collector under py-spy (collapsed stacks to FILE)")
     parser.add_argument("--no-write", action="store_true", help="do not write results/collector_ingest.md")
+    parser.add_argument("--live", type=int, default=0, metavar="N", help="during the collector phase also N agents "
+                        "posting live batches (X-Cmon-Batch: live), N unmarked ones, heartbeats; writes "
+                        "results/collector_ingest_live.md instead")
+    parser.add_argument("--live-size", type=int, default=30, help="measurements per live batch")
+    parser.add_argument("--live-interval", type=float, default=1.0, help="seconds between an agent's live batches")
     args = parser.parse_args(argv)
+    if args.live and args.compare:
+        parser.error("--live is not supported with --compare")
     caps = [None if c.strip() == "default" else int(c) for c in (args.max_inflight or "default").split(",")]
     if not args.compare:
         if len(caps) > 1:
@@ -324,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         pki = make_pki(tmp / "pki", ["collector.lab.test", "localhost"], ["127.0.0.1"])
         agents = fleet.enroll(tmp / "state" / "collector.sqlite", PROVINCE, args.agents)
+        live_agents = fleet.enroll(tmp / "state" / "collector.sqlite", PROVINCE, 2 * args.live, prefix="live") \
+            if args.live else []
         started = time.perf_counter()
         per_agent = bodies(agents, args.batches, args.batch_size)
         print(f"{args.agents} agents enrolled, bodies ready in {time.perf_counter() - started:.1f} s", flush=True)
@@ -347,9 +572,17 @@ def main(argv: list[str] | None = None) -> int:
                                             warm_path=None, deadline_s=args.deadline))
                 plan = [({"Authorization": f"Bearer {a.credential}", "Content-Type": "application/json",
                           "Content-Encoding": "gzip"}, b.wire, b.lines, b.samples) for a, b in zip(agents, per_agent)]
-                phases.append(run_phase(f"collector ({'HTTP' if args.http else 'HTTPS'}, production path)",
-                                        url + "/api/v1/ingest", plan, pids, vm, ssl_context=ssl_context,
-                                        warm_path="/health", deadline_s=args.deadline, metrics_url=url))
+                name = f"collector ({'HTTP' if args.http else 'HTTPS'}, production path)"
+                if args.live:
+                    with LiveTraffic(url, None if args.http else str(pki.province_root), live_agents[:args.live],
+                                     live_agents[args.live:], interval_s=args.live_interval, heartbeat_s=2.0,
+                                     size=args.live_size, max_s=args.deadline) as live:
+                        phases.append(run_phase(name, url + "/api/v1/ingest", plan, pids, vm, ssl_context=ssl_context,
+                                                warm_path="/health", deadline_s=args.deadline, metrics_url=url,
+                                                live=live))
+                else:
+                    phases.append(run_phase(name, url + "/api/v1/ingest", plan, pids, vm, ssl_context=ssl_context,
+                                            warm_path="/health", deadline_s=args.deadline, metrics_url=url))
             finally:
                 if args.profile:  # py-spy writes its file when the profiled process ends
                     os.kill(pids["collector"], 15)
@@ -361,12 +594,40 @@ def main(argv: list[str] | None = None) -> int:
                     collector.wait()
             if collector.returncode not in (0, -15):
                 print((tmp / "collector.log").read_text()[-3000:])
+            log_lines = (tmp / "collector.log").read_text(errors="replace").splitlines()
     RESULTS.parent.mkdir(exist_ok=True)
     text = "\n".join([header(args, command, per_agent), table(phases), ""])
+    if args.live:
+        text += "\n" + live_section(args, phases[-1], log_lines)
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        (RESULTS_LIVE if args.live else RESULTS).write_text(text)
     return 0
+
+
+def live_section(args: argparse.Namespace, phase: dict, log_lines: list[str]) -> str:
+    """Return the results' live section: what ran, the table, the refusals in the collector's log."""
+    refused = [line for line in log_lines if "refused" in line or "Traceback" in line]
+    records = phase["live_records"]
+    first = [r[1] for r in records]
+    return "\n".join([
+        "## Live batches during the storm", "",
+        f"Beside the storm, from a process of its own: {args.live} agents posting a live batch of {args.live_size} "
+        f"measurements (current timestamps, the next seqs of their spool, gzip'd JSON) every {args.live_interval:g} s "
+        f"with `X-Cmon-Batch: live`, {args.live} agents doing the same without the header (taken for backlog), and "
+        "one heartbeat per live agent every 2 s; each agent over its own pool of 2 connections (TLS handshakes before "
+        "the clock), every agent enrolled in the state file. Sent from the storm's start to its end (first sends "
+        f"over {max(first, default=0) - min(first, default=0):.1f} s of the {phase['seconds']:.1f} s drain + the last "
+        "batches' tail). Latency: from a request's first send to its accepted (200) answer, the resends after each "
+        "503/429's Retry-After (plus the shipper's jitter) included; an agent sends its next batch on its 1 s tick, or "
+        "at once when the previous one took longer. Accepted = 200 with the expected `acked` range, `written` = the "
+        "batch's measurements (not a duplicate) / a heartbeat's `server_time_ms`.", "",
+        live_table(phase["live"]), "",
+        "The storm table's shed_total counts these agents' 503s too. "
+        f"The live simulator's CPU over the storm: {phase['cpu_s'].get('live simulator', 0):.1f} s. "
+        f"Collector log: {len(refused)} `refused` / Traceback lines"
+        + (f" (first: `{refused[0][:200]}`)" if refused else "") + ".", "",
+    ])
 
 
 def compare_main(args: argparse.Namespace, command: str, tmp: Path, pki: object, per_agent: list[fleet.Bodies],

@@ -13,6 +13,8 @@ Reusable by benchmarks and tests:
   spool, oldest first, original timestamps 30 s apart, as the gzip'd JSON the agent's shipper sends (level 6)
   and, for a side-by-side baseline, the same samples as gzip'd line protocol with the identity tags the
   collector would add. Generated in worker processes and before any timing, so the load loop costs little.
+- `live_body(agent, first, size, now_ms, rng)` is one small live batch (current timestamps, the next seqs of the
+  agent's spool), the same body shape, made at send time.
 - `storm(url, plan)` posts the bodies with one HTTP connection per agent, every agent as fast as it can
   (a backfill storm), honouring 429/503 + Retry-After as agent/shipper.py does (the full wait plus up to 10 %
   late jitter), resending until the batch is accepted or the deadline passes; it records each request's status
@@ -197,6 +199,22 @@ def agent_bodies(agent: SimAgent, batches: int, batch_size: int, t0_ms: int, see
     return out
 
 
+def live_body(agent: SimAgent, first: int, size: int, now_ms: int, rng: random.Random) -> tuple[bytes, int]:
+    """Return (gzip'd wire body, measurements) of a small live batch: seqs `first`..`first + size - 1` of the
+    agent's spool, the first `size` measurements of standard rounds ending about now (same shape as `agent_bodies`)."""
+    items: list[dict] = []
+    t = now_ms - 2_500  # a round's measurements span ~2 s after its start: none lies in the future
+    while len(items) < size:  # more than a round: the rounds before it
+        items += standard_round(rng, agent.identity, t)
+        t -= ROUND_MS
+    chunk = items[:size]
+    payload = {"version": 1, "spool": agent.spool, "first": first, "last": first + len(chunk) - 1,
+               "measurements": [{"seq": first + i, **m} for i, m in enumerate(chunk)], "evicted": [],
+               "agent": {"version": "0.1.0", "config_version": "sha256:5b1f", "spool_rows": len(chunk),
+                         "dropped_total": 0, "clock_offset_ms": -12.5}}
+    return gzip.compress(json.dumps(payload, separators=(",", ":")).encode(), 6), len(chunk)
+
+
 def _agent_bodies_star(args: tuple) -> Bodies:
     return agent_bodies(*args)
 
@@ -324,4 +342,4 @@ def client_ssl(ca_file: str | Path) -> ssl.SSLContext:
 
 
 __all__ = ["Bodies", "SimAgent", "StormResult", "agent_bodies", "client_ssl", "enroll", "enroll_http",
-           "make_bodies", "names", "percentile", "standard_round", "storm"]
+           "live_body", "make_bodies", "names", "percentile", "standard_round", "storm"]
