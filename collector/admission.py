@@ -16,8 +16,9 @@ Retry-After is whole seconds) before it is given a new ticket. A ticket whose ho
 **Live data first.** A request whose batch is live (the agent says so: `X-Cmon-Batch: live`, core.wire) skips
 the virtual queue and has `live_reserve` places of its own beyond `cap` (a quarter of it, at least one) that the
 backlog never takes: in a backfill storm the live batches, which feed the alerts, are still served at once.
-When even those are taken it is told to come back in a second (no ticket: it is not part of the backlog's
-round). An agent that calls its backlog live gains only that small lane, and its own `per_agent` limit holds.
+When even those are taken it waits up to `LIVE_WAIT_S` and gets the next place any request frees (before any
+waiting backlog batch); only then is it told to come back in a second (no ticket: it is not part of the
+backlog's round). An agent that calls its backlog live gains only that small lane, and its own `per_agent` limit holds.
 
 Before all that, `claim(key)` bounds what ONE credential may have in the collector at once (`per_agent`
 requests, counted from authentication to the answer, heartbeats included): without it a single credential
@@ -46,6 +47,7 @@ AGENT_RETRY_AFTER_S = 5  # Retry-After for a credential over its own limit (its 
 MAX_RETRY_AFTER_S = 600  # the longest Retry-After given (the shipper honours up to an hour)
 ALPHA = 0.05  # weight of one request in the service-time average
 INITIAL_SERVICE_S = 0.1
+LIVE_WAIT_S = 0.5  # a live batch with every live place taken waits this long for the next place freed
 ENROLL_INFLIGHT = 8  # enrollments in progress at once (a province enrolls its PCs one by one, by hand)
 ENROLL_RETRY_AFTER_S = 5  # Retry-After when they are all taken
 ENROLL_FAILURES = 10  # failed enrollments one address may make in a row (typos, an expired token) ...
@@ -69,6 +71,7 @@ class Admission:
         self.tickets: OrderedDict[str, float] = OrderedDict()  # agent key → slot (monotonic s), in slot order
         self.next_slot = 0.0
         self.waiters: deque[asyncio.Future[bool]] = deque()
+        self.live_waiters: deque[asyncio.Future[bool]] = deque()  # live batches waiting: served before the backlog
 
     @property
     def waiting(self) -> int:
@@ -97,6 +100,8 @@ class Admission:
             if self.inflight < self.cap + self.live_reserve:
                 self.inflight += 1
                 return None
+            if len(self.live_waiters) < self.cap and await self._wait(self.live_waiters, LIVE_WAIT_S):
+                return None  # the next place freed, whichever lane it was, went to it first
             return 1
         now = self.clock()
         self._expire(now)
@@ -106,13 +111,18 @@ class Admission:
         if self.inflight < self.cap:  # (with a place free, nobody waits: leave() hands places over)
             self.inflight += 1
             return None
-        if self.wait_s > 0 and len(self.waiters) < self.cap and await self._wait():
+        if self.wait_s > 0 and len(self.waiters) < self.cap and await self._wait(self.waiters, self.wait_s):
             return None
         return self._ticket(key, self.clock())
 
     def leave(self, seconds: float) -> None:
         """Release an admitted request's place; `seconds` is how long it was inside (the capacity estimate)."""
         self.service_s += ALPHA * (seconds - self.service_s)
+        while self.live_waiters:  # live data first: any place freed goes to a waiting live batch
+            waiter = self.live_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
         while self.waiters and self.inflight <= self.cap:  # a live place freed is not the backlog's to take  # hand the place straight to the oldest waiter still waiting
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -120,17 +130,17 @@ class Admission:
                 return
         self.inflight -= 1
 
-    async def _wait(self) -> bool:
-        """Wait up to `wait_s` for a place handed over by `leave()`; return whether one was."""
+    async def _wait(self, queue: deque[asyncio.Future[bool]], seconds: float) -> bool:
+        """Wait in `queue` up to `seconds` for a place handed over by `leave()`; return whether one was."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
-        self.waiters.append(waiter)
+        queue.append(waiter)
 
         def expire() -> None:
             if not waiter.done():
                 waiter.set_result(False)
 
-        timer = loop.call_later(self.wait_s, expire)
+        timer = loop.call_later(seconds, expire)
         try:
             return await waiter
         except asyncio.CancelledError:  # the client went away: pass on a place handed over meanwhile
@@ -139,8 +149,8 @@ class Admission:
             raise
         finally:
             timer.cancel()
-            if waiter in self.waiters:
-                self.waiters.remove(waiter)
+            if waiter in queue:
+                queue.remove(waiter)
 
     def _ticket(self, key: str, now: float) -> int:
         """Give `key` the next slot of the virtual queue; return the Retry-After that brings it back then."""

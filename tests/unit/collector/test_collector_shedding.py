@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import collector.auth as auth_module
-from collector.admission import Admission
+from collector.admission import LIVE_WAIT_S, Admission
 from collector.app_keys import ADMISSION, AUTH, METRICS
 from collector.auth import Auth, AuthError
 from collector.db import connect
@@ -85,8 +85,10 @@ async def test_live_batches_skip_the_queue_and_have_places_the_backlog_never_tak
     await asyncio.sleep(0.01)
     assert await gate.enter("live-1", live=True) is None  # the live place beyond the cap
     assert gate.inflight == 5
-    assert await gate.enter("live-2", live=True) == 1  # even that is taken: come back in a second ...
-    assert gate.waiting == 0  # ... without a ticket in the backlog's round
+    live_2 = asyncio.create_task(gate.enter("live-2", live=True))  # every place taken: it waits too
+    await asyncio.sleep(0.01)
+    gate.leave(0.01)  # a backlog batch done: the place goes to the live batch first
+    assert await live_2 is None and not waiting.done() and gate.inflight == 5
     gate.leave(0.01)  # a live batch done: its place is not handed to the waiting backlog
     await asyncio.sleep(0.01)
     assert not waiting.done() and gate.inflight == 4
@@ -95,6 +97,10 @@ async def test_live_batches_skip_the_queue_and_have_places_the_backlog_never_tak
     shed = await gate.enter("b5")
     assert isinstance(shed, int) and gate.waiting == 1  # the backlog is queued ...
     assert await gate.enter("live-3", live=True) is None  # ... live data passes it
+    started = asyncio.get_running_loop().time()
+    assert await gate.enter("live-4", live=True) == 1  # nothing freed within LIVE_WAIT_S: come back in a second,
+    assert asyncio.get_running_loop().time() - started >= LIVE_WAIT_S * 0.9
+    assert gate.waiting == 1  # without a ticket in the backlog's round
 
 
 async def test_over_the_cap_is_503_with_retry_after_before_the_body_is_read(tmp_path, monkeypatch):
