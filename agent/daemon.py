@@ -115,6 +115,7 @@ class Agent:
             ship_failures_total=s.failures_total if s else None, auth_refused=float(s.auth_refused) if s else None,
             spool_errors_total=s.spool_errors_total if s else None,
             probe_errors_total=sched.probe_errors_total, probe_runs_total=sched.runs_total,
+            rounds_skipped_busy_total=sched.skipped_busy_total, rounds_skipped_late_total=sched.skipped_late_total,
             clock_skew_ms=self.clock.offset_ms if self.clock.measured else None,
             clock_measured=float(self.clock.measured),
             disk_free_bytes=self.disk_free, spool_disk_low=float(self.disk_low),

@@ -201,6 +201,11 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.probe_errors_total = 0
         self.runs_total = 0
+        # Rounds not run, by why: the job's previous run was still going (`busy`: a probe hanging to its timeout,
+        # re-checks of an outage), or the loop woke too late for it (`late`: a stall, a suspend). Never made up;
+        # reported in the agent measurement so a gap in a series has a count beside it.
+        self.skipped_busy_total = 0
+        self.skipped_late_total = 0
         self._seq = 0
         self._tasks: set[asyncio.Task] = set()
         self.reconfigure(config)
@@ -272,10 +277,12 @@ class Scheduler:
     def _start(self, job: Job, late: float) -> None:
         if job.busy:
             job.skipped += 1
+            self.skipped_busy_total += 1
             log.info("%s: previous run still going, skipping this round", job.key)
             return
         if late > job.interval / 2:
             job.skipped += 1  # a missed round (stall): not made up
+            self.skipped_late_total += 1
             return
         job.busy = True
         task = asyncio.create_task(self._run_job(job), name=f"job {job.key}")

@@ -5,7 +5,8 @@ Fields (the daemon passes the counters; docs/metrics.md has the table): `spool_r
 `dropped_disk_full_total`, `lost_total`, `quarantined_total`, `shipped_total`, `ship_failures_total`,
 `spool_errors_total`, `auth_refused` (0/1), `disk_free_bytes`, `spool_disk_low` (0/1), `healthy` (0/1),
 `task_restarts_total`, `task_<name>_restarts_total` and `task_<name>_ok` (0/1) per supervised task,
-`probe_errors_total` (runs that ended with `result=error`: a probe bug), `probe_runs_total`, `clock_skew_ms`
+`probe_errors_total` (runs that ended with `result=error`: a probe bug), `probe_runs_total`,
+`rounds_skipped_busy_total` and `rounds_skipped_late_total` (rounds not run, by why), `clock_skew_ms`
 (the collector's clock minus ours), `clock_measured` (0/1: whether the skew has been measured since start),
 `config_version` (the first 32 bits of the config file's SHA-256 as a number: equal numbers = the same
 config), `uptime_s`, `rss_bytes`, `cpu_s` (user+system seconds since start).

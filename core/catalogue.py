@@ -230,6 +230,10 @@ AGENT = MeasurementSpec(
         FieldSpec("task_<name>_ok", "0/1", "the task is `ok` (not `restarting` or `failed`)"),
         FieldSpec("probe_runs_total", "count", "probe runs"),
         FieldSpec("probe_errors_total", "count", "probe runs that ended in `result=error` (a bug)"),
+        FieldSpec("rounds_skipped_busy_total", "count", "rounds not run because the job's previous run was still "
+                  "going (a probe hanging to its timeout, an outage's re-checks): a gap in that series, counted"),
+        FieldSpec("rounds_skipped_late_total", "count", "rounds not run because the agent woke too late for them "
+                  "(a stall, a suspended PC): never made up"),
         FieldSpec("clock_skew_ms", "ms", "the collector's clock minus the agent's (once measured)"),
         FieldSpec("clock_measured", "0/1", "whether the clock skew has been measured since start"),
         FieldSpec("config_version", "number", "first 32 bits of the config file's SHA-256"),

@@ -182,6 +182,8 @@ async def test_stop_returns_promptly_while_probes_run(tmp_path: Path) -> None:
     scheduler.stop()
     await asyncio.wait_for(task, 5)
     assert time.monotonic() - started < 3.0
+    assert scheduler.skipped_busy_total >= 1  # rounds that came while the probe hung: counted, not silent
+    assert scheduler.skipped_late_total == 0
 
 
 def test_planned_runs_are_the_times_the_scheduler_picks_without_jitter(tmp_path: Path) -> None:
