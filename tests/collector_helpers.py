@@ -182,3 +182,33 @@ def enroll_direct(state_dir: Path, commune: str = "dong-loc", agent: str = "quay
         conn.close()
 
 
+
+
+# Run inside a collector process (CollectorProcess's prelude): SIGKILL once the database has the batch and its
+# events are stored, before the range is recorded — the crash that makes the agent resend what was written.
+CRASH_BEFORE_ACK = """
+import os, signal
+import collector.acks as acks
+async def _die(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+acks.Acks.record = _die
+"""
+
+
+def post_to_a_crashing_collector(tmp_path: Path, vm_url: str, agent: str, data: dict) -> tuple[bytes, dict]:
+    """Enroll `agent`, post `data` to a collector that dies before acknowledging it (asserted: killed by SIGKILL);
+    return the request body and headers to resend."""
+    import pytest
+
+    crashing = CollectorProcess(tmp_path, vm_url, prelude=CRASH_BEFORE_ACK)
+    cred = enroll_direct(tmp_path / "state", agent=agent)
+    raw = gzip.compress(json.dumps(data).encode())
+    headers = {"Authorization": f"Bearer {cred}", "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    crashing.start()
+    try:
+        with pytest.raises(OSError):  # the connection dies with the process
+            http_post(crashing.url + "/api/v1/ingest", raw, headers)
+        assert crashing.process.wait(10) == -9
+    finally:
+        crashing.stop()
+    return raw, headers

@@ -1,4 +1,8 @@
-"""Queues for the shipper's tests: the real spool and the in-memory queue, recording the acks and quarantines."""
+"""Queues for the shipper's tests: the real spool and the in-memory queue, recording the acks and quarantines;
+`drain` runs a shipper until its queue is empty."""
+
+import asyncio
+import time
 
 from agent.queue import MemoryQueue
 from agent.spool import Spool
@@ -27,3 +31,15 @@ class RecordingSpool(Recording, Spool):
 
 class RecordingMemoryQueue(Recording, MemoryQueue):
     pass
+
+
+async def drain(shipper, queue, limit: float = 10.0) -> None:
+    """Run `shipper` until `queue` is empty (at most `limit` s), then stop it."""
+    task = asyncio.create_task(shipper.run())
+    try:
+        deadline = time.monotonic() + limit
+        while queue.depth() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -24,7 +24,7 @@ from agent.spool import Spool
 from core.measurement import Measurement
 from core.tls import fingerprint
 from lab.pki import make_pki
-from queue_helpers import Recording, RecordingMemoryQueue, RecordingSpool
+from queue_helpers import Recording, RecordingMemoryQueue, RecordingSpool, drain
 
 TOKEN = "s3cret-credential"
 
@@ -161,17 +161,6 @@ async def collector():
 
 def shipper_for(queue: OutboundQueue, url: str, **kw) -> Shipper:
     return Shipper(queue, url, kw.pop("credential", TOKEN), timeout=5, **kw)
-
-
-async def drain(shipper: Shipper, queue: Spool | MemoryQueue, limit: float = 10.0) -> None:
-    task = asyncio.create_task(shipper.run())
-    try:
-        deadline = time.monotonic() + limit
-        while queue.depth() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_ok_acks_every_batch_once_in_order(collector: Collector, make_queue: QueueFactory) -> None:

@@ -20,7 +20,7 @@ from collector_helpers import collector_client, credential, make_config
 from core.event import Event
 from core.measurement import Measurement
 from lab.victoria import Victoria, available
-from queue_helpers import RecordingMemoryQueue, RecordingSpool
+from queue_helpers import RecordingMemoryQueue, RecordingSpool, drain
 
 TOKEN = "s3cret-credential"
 IDENTITY = {"province": "ha-tinh", "commune": "dong-loc", "agent": "quay-01"}
@@ -89,17 +89,6 @@ async def stand_in():
         await runner.cleanup()
 
 
-async def drain(shipper: Shipper, queue, limit: float = 15.0) -> None:
-    task = asyncio.create_task(shipper.run())
-    try:
-        deadline = time.monotonic() + limit
-        while queue.depth() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 def wire_seqs(payload: dict) -> list[int]:
     return sorted(r["seq"] for r in payload["measurements"] + payload.get("events", []))
 
@@ -109,7 +98,7 @@ async def test_measurements_and_events_go_in_one_batch_each_seq_once(stand_in: S
     sent = records(int(time.time() * 1000))
     assert queue.append(sent) == range(1, 6)
     async with Shipper(queue, stand_in.url, TOKEN, timeout=5) as shipper:
-        await drain(shipper, queue)
+        await drain(shipper, queue, 15.0)
     assert queue.depth() == 0 and queue.acked == [(1, 5)] and queue.refused == []
     ((status, payload),) = stand_in.attempts
     assert status == 200 and (payload["first"], payload["last"]) == (1, 5)
@@ -126,7 +115,7 @@ async def test_after_a_503_the_batch_is_resent_whole_and_acked_once(stand_in: St
     assert queue.append(records(int(time.time() * 1000))) == range(1, 6)
     stand_in.answers = [(503, {"Retry-After": "0"})]
     async with Shipper(queue, stand_in.url, TOKEN, timeout=5) as shipper:
-        await drain(shipper, queue)
+        await drain(shipper, queue, 15.0)
     assert [status for status, _ in stand_in.attempts] == [503, 200]
     (_, refused), (_, taken) = stand_in.attempts
     for key in ("spool", "first", "last", "measurements", "events"):

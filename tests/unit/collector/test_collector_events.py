@@ -5,7 +5,6 @@ it surviving a restart, and the events' retention."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import sqlite3
@@ -22,8 +21,7 @@ from collector.db import connect
 from collector.decode import _slow, decode_ingest, identity_suffix
 from collector.events import EventStore
 from collector.validate import EventIn, PayloadError, Rules, check_ingest, parse_json
-from collector_helpers import (TAGS, CollectorProcess, body, collector_client, config_dict, credential, enroll_direct,
-                               expected_pairs, http_post, make_config, post)
+from collector_helpers import (TAGS, CollectorProcess, post_to_a_crashing_collector, body, collector_client, config_dict, credential, expected_pairs, http_post, make_config, post)
 from core.wire import MAX_DETAIL
 from lab.victoria import Victoria, available
 
@@ -379,30 +377,11 @@ async def test_events_and_latest_results_survive_a_restart(vm, tmp_path):
 
 # Kill the collector with SIGKILL right after the batch's events are stored, before its range is acknowledged
 # (collector/routes.py stores them first: an acknowledged event is never lost); the agent then sends it again.
-CRASH_BEFORE_ACK = """
-import os, signal
-import collector.acks as acks
-async def _die(self, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)
-acks.Acks.record = _die
-"""
-
-
 def _crash_then_resend(tmp_path, vm: Victoria, agent: str) -> tuple[dict, tuple[int, dict], float]:
     """Send a batch to a collector that dies before acknowledging it, then to a restarted one; return the payload,
     the restarted collector's answer and its cmon_collector_events_total afterwards."""
-    crashing = CollectorProcess(tmp_path, vm.url, prelude=CRASH_BEFORE_ACK)
-    cred = enroll_direct(tmp_path / "state", agent=agent)
     data = mixed("mem")
-    raw = gzip.compress(json.dumps(data).encode())
-    headers = {"Authorization": f"Bearer {cred}", "Content-Encoding": "gzip", "Content-Type": "application/json"}
-    crashing.start()
-    try:
-        with pytest.raises(OSError):  # the connection dies with the process
-            http_post(crashing.url + "/api/v1/ingest", raw, headers)
-        assert crashing.process.wait(10) == -9
-    finally:
-        crashing.stop()
+    raw, headers = post_to_a_crashing_collector(tmp_path, vm.url, agent, data)
     assert len(stored_events(tmp_path / "state", agent)) == 1  # stored before the crash
     restarted = CollectorProcess(tmp_path, vm.url).start()
     try:

@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from collector_helpers import (CollectorProcess, collector_client, credential, enroll_direct, expected_pairs,
+from collector_helpers import (CollectorProcess, post_to_a_crashing_collector, collector_client, credential, enroll_direct, expected_pairs,
                                http_post, make_config, payload, post)
 from lab.victoria import Victoria, available
 
@@ -57,29 +57,10 @@ async def test_vm_frozen_is_503_within_the_timeout(tmp_path):
 
 
 # Kill the collector with SIGKILL right after VM accepted a batch, before the range is committed.
-CRASH_AFTER_WRITE = """
-import os, signal
-import collector.acks as acks
-async def _die(self, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)
-acks.Acks.record = _die
-"""
-
-
 def test_sigkill_between_vm_answer_and_commit_leaves_one_sample(tmp_path):
     with Victoria(tmp_path / "vm") as vm:
-        crashing = CollectorProcess(tmp_path, vm.url, prelude=CRASH_AFTER_WRITE)
-        cred = enroll_direct(tmp_path / "state", agent="crash-01")
         data = payload(1, 40)
-        raw = gzip.compress(json.dumps(data).encode())
-        headers = {"Authorization": f"Bearer {cred}", "Content-Encoding": "gzip", "Content-Type": "application/json"}
-        crashing.start()
-        try:
-            with pytest.raises(OSError):  # the connection dies with the process
-                http_post(crashing.url + "/api/v1/ingest", raw, headers)
-            assert crashing.process.wait(10) == -9
-        finally:
-            crashing.stop()
+        raw, headers = post_to_a_crashing_collector(tmp_path, vm.url, "crash-01", data)
         first_rows = vm.rows_inserted()
         assert first_rows >= 120  # VM had accepted the batch
 
